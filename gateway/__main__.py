@@ -1,0 +1,116 @@
+"""clerk-gateway command line: run, check, explain, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from gateway.config import load_policy
+from gateway.settings import config_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    code: int = args.handler(parser, args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clerk-gateway", description="Clerk authentication in front of any HTTP service."
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    check = sub.add_parser("check", help="validate a policy file")
+    check.add_argument("file", nargs="?", help="policy file (default: $GATEWAY_CONFIG)")
+    check.add_argument("--strict", action="store_true", help="warnings fail too")
+    check.set_defaults(handler=_check)
+
+    explain = sub.add_parser("explain", help="show how one request would be decided (offline)")
+    explain.add_argument(
+        "--config", help="policy file (default: $GATEWAY_CONFIG or config/routes.yaml)"
+    )
+    explain.add_argument("method", help="HTTP method, e.g. GET")
+    explain.add_argument("url", help="a path (/admin) or an absolute URL (https://host/admin)")
+    who = explain.add_mutually_exclusive_group()
+    who.add_argument("--token", help="a session JWT (decoded, signature NOT checked)")
+    who.add_argument("--claims", help="session claims as JSON, taken as validly signed")
+    who.add_argument("--anonymous", action="store_true", help="no session (the default)")
+    explain.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'Name: value'",
+        help="a request header, e.g. 'Sec-Fetch-Dest: document' for a browser navigation",
+    )
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.set_defaults(handler=_explain)
+
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import os
+
+    path = args.file or os.environ.get("GATEWAY_CONFIG")
+    if not path:
+        parser.error("no FILE given and $GATEWAY_CONFIG is not set")
+    result = load_policy(path, for_run=False)
+    for problem in result.problems:
+        print(problem)
+    if result.errors:
+        print(f"{path}: {len(result.errors)} error(s), {len(result.warnings)} warning(s)")
+        return 1
+    if result.warnings and args.strict:
+        print(f"{path}: {len(result.warnings)} warning(s), failing because of --strict")
+        return 1
+    routes = len(result.policy.routes) if result.policy else 0
+    print(f"{path}: OK ({routes} routes, {len(result.warnings)} warning(s))")
+    return 0
+
+
+def _explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gateway.explain import explain, render
+
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            parser.error(f"--header expects 'Name: value', got {item!r}")
+        headers[name.strip()] = value.strip()
+    claims = None
+    if args.claims is not None:
+        try:
+            claims = json.loads(args.claims)
+        except json.JSONDecodeError as exc:
+            parser.error(f"--claims is not JSON: {exc}")
+        if not isinstance(claims, dict):
+            parser.error("--claims must be a JSON object")
+    path = config_path(args.config)
+    result = load_policy(path, for_run=False)
+    if result.policy is None:
+        for problem in result.errors:
+            print(problem, file=sys.stderr)
+        return 1
+    explanation = explain(
+        result.policy,
+        args.method,
+        args.url,
+        claims=claims,
+        token=args.token,
+        headers=headers,
+        now_ms=time.time() * 1000,
+    )
+    print(render(explanation, args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

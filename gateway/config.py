@@ -1,0 +1,833 @@
+"""routes.yaml -> Policy: strict keys, every problem at once, nothing raw past this module.
+
+`load_policy` never raises for a bad file: it returns every problem found, each with its
+`file:line` and key path, and a Policy only when there is no error. Values that are empty
+only because this shell lacks an environment variable are warnings under `check` (CI and
+laptops rarely hold production secrets) and errors when the gateway is about to `run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.clerk.keys import (
+    KeyMaterialError,
+    PublishableKey,
+    load_pem_key,
+    parse_publishable_key,
+)
+from gateway.decision import Access
+from gateway.routes import (
+    HostPattern,
+    PathPattern,
+    PatternError,
+    Requirement,
+    Route,
+    RouteTable,
+    compile_pattern,
+    regex_matches_nothing,
+    shadowing_route,
+)
+from gateway.yamlsource import Document, EnvStr, Problem, Severity, parse
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_API_URL = "https://api.clerk.com"
+
+
+@dataclass(frozen=True, slots=True)
+class JwksSettings:
+    refresh_interval_s: float = 300.0
+    kid_cooldown_s: float = 30.0
+    max_stale_s: float = 21600.0
+    fetch_timeout_s: float = 5.0
+    fetch_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClerkSettings:
+    publishable_key: PublishableKey | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    jwt_key: str | None = field(default=None, repr=False)
+    api_url: str = DEFAULT_API_URL
+    jwks_url: str | None = None
+    issuer: str | None = None
+    authorized_parties: tuple[str, ...] | None = None
+    allow_missing_azp: bool = False
+    clock_skew_ms: int = 5000
+    jwks: JwksSettings = field(default_factory=JwksSettings)
+    token_cache_size: int = 10_000
+
+    @property
+    def jwks_sends_secret(self) -> bool:
+        """The secret key goes only to Clerk's Backend API, never to another host."""
+        return (
+            self.secret_key is not None
+            and self.jwks_url is not None
+            and _under(self.jwks_url, self.api_url)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    remember_s: float = 900.0
+    tolerance_s: float = 300.0
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    preserve_host: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = 16_384
+    max_request_line_bytes: int = 8_192
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeaders:
+    user_id: str | None = "X-Clerk-User-Id"
+    session_id: str | None = "X-Clerk-Session-Id"
+    role: str | None = "X-Clerk-Role"
+    org_id: str | None = "X-Clerk-Org-Id"
+    org_slug: str | None = "X-Clerk-Org-Slug"
+    org_role: str | None = "X-Clerk-Org-Role"
+    org_permissions: str | None = "X-Clerk-Org-Permissions"
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(
+            n
+            for n in (
+                self.user_id,
+                self.session_id,
+                self.role,
+                self.org_id,
+                self.org_slug,
+                self.org_role,
+                self.org_permissions,
+            )
+            if n
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    file: str
+    clerk: ClerkSettings
+    webhooks: WebhookSettings
+    upstreams: Mapping[str, Upstream]
+    routes: tuple[Route, ...]
+    table: RouteTable
+    default: Access = Access.PROTECTED
+    sign_in_url: str = "/sign-in"
+    unauthorized_url: str = "/unauthorized"
+    role_claim: tuple[str, ...] | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    case_insensitive_paths: bool = False
+    limits: Limits = field(default_factory=Limits)
+    identity_headers: IdentityHeaders = field(default_factory=IdentityHeaders)
+    warnings: tuple[Problem, ...] = ()
+
+    def upstream_for(self, route: Route | None) -> Upstream:
+        return self.upstreams[route.upstream if route is not None else "default"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    policy: Policy | None
+    problems: tuple[Problem, ...]
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity is Severity.WARNING)
+
+
+def load_policy(
+    path: str | os.PathLike[str], *, for_run: bool, env: Mapping[str, str] | None = None
+) -> LoadResult:
+    """Read and validate a policy file. `for_run`: unset environment values are errors."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return LoadResult(None, (Problem(name, 1, "", f"cannot read policy: {reason}"),))
+    return parse_policy(text, name, for_run=for_run, env=env)
+
+
+def parse_policy(
+    text: str, file: str, *, for_run: bool, env: Mapping[str, str] | None = None
+) -> LoadResult:
+    doc = parse(text, file, env)
+    reader = _Reader(doc, for_run)
+    policy = reader.policy() if doc.value is not None or not doc.problems else None
+    problems = sorted([*doc.problems, *reader.problems], key=lambda p: (p.line, p.path))
+    if any(p.severity is Severity.ERROR for p in problems):
+        return LoadResult(None, tuple(problems))
+    if policy is not None:
+        warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
+        policy = _with_warnings(policy, warnings)
+    return LoadResult(policy, tuple(problems))
+
+
+def _with_warnings(policy: Policy, warnings: tuple[Problem, ...]) -> Policy:
+    return replace(policy, warnings=warnings)
+
+
+def _under(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    if (a.scheme, a.netloc.lower()) != (b.scheme, b.netloc.lower()):
+        return False
+    base_path = b.path.rstrip("/")
+    return a.path == base_path or a.path.startswith(base_path + "/")
+
+
+_TOP_KEYS = (
+    "clerk",
+    "webhooks",
+    "upstream",
+    "upstreams",
+    "sign_in_url",
+    "unauthorized_url",
+    "role_claim",
+    "trusted_proxies",
+    "case_insensitive_paths",
+    "limits",
+    "identity_headers",
+    "default",
+    "routes",
+)
+_CLERK_KEYS = (
+    "publishable_key",
+    "secret_key",
+    "jwt_key",
+    "api_url",
+    "jwks_url",
+    "issuer",
+    "authorized_parties",
+    "allow_missing_azp",
+    "clock_skew_ms",
+    "jwks_refresh_interval_s",
+    "jwks_kid_cooldown_s",
+    "jwks_max_stale_s",
+    "jwks_fetch_timeout_s",
+    "token_cache_size",
+)
+_WEBHOOK_KEYS = ("secrets", "remember_s", "tolerance_s", "max_body_bytes")
+_UPSTREAM_KEYS = ("url", "connect_timeout_s", "read_timeout_s", "preserve_host")
+_ROUTE_KEYS = ("path", "methods", "host", "access", "accept_pending", "require", "upstream", "name")
+_REQUIRE_KEYS = ("roles", "org_roles", "org_permissions")
+_LIMIT_KEYS = ("max_header_bytes", "max_request_line_bytes")
+_IDENTITY_KEYS = tuple(IdentityHeaders.__dataclass_fields__)
+_METHODS = frozenset(
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+)
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+
+class _Reader:
+    """Typed reads of the plain document; each failed read records a problem."""
+
+    def __init__(self, doc: Document, for_run: bool) -> None:
+        self.doc = doc
+        self.for_run = for_run
+        self.problems: list[Problem] = []
+        self.declared_upstreams: set[str] = {"default"}
+
+    # ---- problems ---------------------------------------------------------------------------
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.doc.file, self.doc.line(path), path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        line = self.doc.line(path)
+        self.problems.append(Problem(self.doc.file, line, path, message, Severity.WARNING))
+
+    def env_problem(self, path: str, message: str) -> None:
+        """A problem that follows only from this environment: fatal for run, not for check."""
+        (self.error if self.for_run else self.warn)(path, message)
+
+    # ---- typed reads ------------------------------------------------------------------------
+
+    def mapping(self, path: str, value: Any, allowed: Collection[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(path, f"must be a mapping, got {_kind(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                child = f"{path}.{key}" if path else key
+                guess = difflib.get_close_matches(key, list(allowed), n=1)
+                hint = f"; did you mean {guess[0]!r}?" if guess else ""
+                self.error(child, f"unknown key {key!r}{hint}")
+        return value
+
+    def string(self, path: str, value: Any, default: str | None = None) -> str | None:
+        """A string; "" (after interpolation) counts as absent."""
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.error(path, f"must be a string, got {_kind(value)}")
+            return default
+        if isinstance(value, EnvStr) and value.missing:
+            self.env_problem(path, f"environment variable {_names(value.missing)} is not set")
+        return value if value != "" else default
+
+    def boolean(self, path: str, value: Any, default: bool) -> bool:
+        if value is None:
+            return default
+        if isinstance(value, EnvStr) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            self.error(path, f"must be true or false, got {_kind(value)}")
+            return default
+        return value
+
+    def number(self, path: str, value: Any, default: float, *, minimum: float = 0) -> float:
+        if value is None:
+            return default
+        if isinstance(value, EnvStr):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(path, f"must be a number, got {_kind(value)}")
+            return default
+        if value < minimum:
+            self.error(path, f"must be at least {minimum:g}, got {value:g}")
+            return default
+        return float(value)
+
+    def integer(self, path: str, value: Any, default: int, *, minimum: int = 0) -> int:
+        if value is None:
+            return default
+        if isinstance(value, EnvStr) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path, f"must be an integer, got {_kind(value)}")
+            return default
+        if value < minimum:
+            self.error(path, f"must be at least {minimum}, got {value}")
+            return default
+        return value
+
+    def strings(self, path: str, value: Any, *, split: bool = False) -> tuple[str, ...] | None:
+        """A list of non-empty strings (or one string; `split`: space-separated)."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            self.string(path, value)
+            items: list[Any] = value.split() if split else [value]
+        elif isinstance(value, list):
+            items = value
+        else:
+            self.error(path, f"must be a list of strings, got {_kind(value)}")
+            return None
+        out: list[str] = []
+        for i, item in enumerate(items):
+            item_path = f"{path}[{i}]" if isinstance(value, list) else path
+            if not isinstance(item, str) or not item.strip():
+                self.error(item_path, f"must be a non-empty string, got {_kind(item)}")
+                continue
+            if isinstance(item, EnvStr) and item.missing:
+                self.env_problem(
+                    item_path, f"environment variable {_names(item.missing)} is not set"
+                )
+            out.extend(item.split() if split else [item])
+        return tuple(out)
+
+    def url(self, path: str, value: Any, default: str | None = None) -> str | None:
+        text = self.string(path, value, default)
+        if text is None or text == default:
+            return text
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.error(path, f"must be an http(s) URL, got {text!r}")
+            return default
+        return text.rstrip("/") if parts.path in ("", "/") else text
+
+    def redirect_target(self, path: str, value: Any, default: str) -> str:
+        text = self.string(path, value, default)
+        assert text is not None
+        if text.startswith("/") and not text.startswith("//") and "\\" not in text:
+            return text
+        parts = urlsplit(text)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return text
+        self.error(
+            path, f"must be an absolute http(s) URL or a path starting with '/', got {text!r}"
+        )
+        return default
+
+    # ---- the policy -------------------------------------------------------------------------
+
+    def policy(self) -> Policy | None:
+        root = self.mapping("", self.doc.value, _TOP_KEYS)
+        clerk = self.clerk(root.get("clerk"))
+        webhooks = self.webhooks(root.get("webhooks"))
+        upstreams = self.upstreams(root.get("upstream"), root.get("upstreams"))
+        ci = self.boolean("case_insensitive_paths", root.get("case_insensitive_paths"), False)
+        routes = self.routes(root.get("routes"), upstreams, ci)
+        default = self.access("default", root.get("default"), Access.PROTECTED)
+        if default is Access.WEBHOOK:
+            self.error("default", "the default access cannot be 'webhook'")
+            default = Access.PROTECTED
+        role_claim_text = self.string("role_claim", root.get("role_claim"))
+        role_claim = tuple(role_claim_text.split(".")) if role_claim_text else None
+        if role_claim is not None and not all(role_claim):
+            self.error(
+                "role_claim", f"must be a dot path like 'metadata.role', got {role_claim_text!r}"
+            )
+        self.cross_checks(root, routes, clerk, webhooks, role_claim, default)
+        policy = Policy(
+            file=self.doc.file,
+            clerk=clerk,
+            webhooks=webhooks,
+            upstreams=MappingProxyType(upstreams),
+            routes=routes,
+            table=RouteTable(routes, ci),
+            default=default,
+            sign_in_url=self.redirect_target("sign_in_url", root.get("sign_in_url"), "/sign-in"),
+            unauthorized_url=self.redirect_target(
+                "unauthorized_url", root.get("unauthorized_url"), "/unauthorized"
+            ),
+            role_claim=role_claim,
+            trusted_proxies=self.networks("trusted_proxies", root.get("trusted_proxies")),
+            case_insensitive_paths=ci,
+            limits=self.limits(root.get("limits")),
+            identity_headers=self.identity_headers(root.get("identity_headers")),
+        )
+        self.lints(routes)
+        return policy
+
+    def clerk(self, value: Any) -> ClerkSettings:
+        raw = self.mapping("clerk", value, _CLERK_KEYS)
+        pk_text = self.string("clerk.publishable_key", raw.get("publishable_key"))
+        pk: PublishableKey | None = None
+        if pk_text:
+            try:
+                pk = parse_publishable_key(pk_text)
+            except KeyMaterialError as exc:
+                self.error("clerk.publishable_key", str(exc))
+        secret = self.string("clerk.secret_key", raw.get("secret_key"))
+        if secret and not secret.startswith("sk_"):
+            self.error("clerk.secret_key", "a Clerk secret key starts with 'sk_'")
+        jwt_key = self.string("clerk.jwt_key", raw.get("jwt_key"))
+        if jwt_key:
+            try:
+                load_pem_key(jwt_key)
+            except KeyMaterialError as exc:
+                self.error("clerk.jwt_key", str(exc))
+        api_url = self.url("clerk.api_url", raw.get("api_url"), DEFAULT_API_URL)
+        assert api_url is not None
+        jwks_url = self.url("clerk.jwks_url", raw.get("jwks_url"))
+        if jwks_url is None and secret:
+            jwks_url = f"{api_url}/v1/jwks"
+        issuer = self.url("clerk.issuer", raw.get("issuer"))
+        if issuer is None and pk is not None:
+            issuer = pk.issuer
+        parties = self.strings("clerk.authorized_parties", raw.get("authorized_parties"))
+        for i, party in enumerate(parties or ()):
+            parts = urlsplit(party)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("",):
+                self.error(
+                    f"clerk.authorized_parties[{i}]",
+                    f"must be an origin like 'https://app.example.com', got {party!r}",
+                )
+        return ClerkSettings(
+            publishable_key=pk,
+            secret_key=secret,
+            jwt_key=jwt_key,
+            api_url=api_url,
+            jwks_url=jwks_url,
+            issuer=issuer,
+            authorized_parties=parties,
+            allow_missing_azp=self.boolean(
+                "clerk.allow_missing_azp", raw.get("allow_missing_azp"), False
+            ),
+            clock_skew_ms=self.integer("clerk.clock_skew_ms", raw.get("clock_skew_ms"), 5000),
+            jwks=JwksSettings(
+                refresh_interval_s=self.number(
+                    "clerk.jwks_refresh_interval_s",
+                    raw.get("jwks_refresh_interval_s"),
+                    300,
+                    minimum=1,
+                ),
+                kid_cooldown_s=self.number(
+                    "clerk.jwks_kid_cooldown_s", raw.get("jwks_kid_cooldown_s"), 30
+                ),
+                max_stale_s=self.number(
+                    "clerk.jwks_max_stale_s", raw.get("jwks_max_stale_s"), 21600, minimum=1
+                ),
+                fetch_timeout_s=self.number(
+                    "clerk.jwks_fetch_timeout_s", raw.get("jwks_fetch_timeout_s"), 5, minimum=0.01
+                ),
+            ),
+            token_cache_size=self.integer(
+                "clerk.token_cache_size", raw.get("token_cache_size"), 10_000, minimum=0
+            ),
+        )
+
+    def webhooks(self, value: Any) -> WebhookSettings:
+        raw = self.mapping("webhooks", value, _WEBHOOK_KEYS)
+        secrets = self.strings("webhooks.secrets", raw.get("secrets"), split=True) or ()
+        for i, secret in enumerate(secrets):
+            if not secret.startswith("whsec_"):
+                self.error(f"webhooks.secrets[{i}]", "a Clerk webhook secret starts with 'whsec_'")
+        tolerance = self.number("webhooks.tolerance_s", raw.get("tolerance_s"), 300, minimum=1)
+        remember = self.number(
+            "webhooks.remember_s", raw.get("remember_s"), 2 * max(tolerance, 450)
+        )
+        if remember < 2 * tolerance:
+            self.error(
+                "webhooks.remember_s",
+                f"must be at least twice tolerance_s ({2 * tolerance:g}), so that a replay "
+                "inside the tolerance window is still recognised",
+            )
+        return WebhookSettings(
+            secrets=secrets,
+            remember_s=remember,
+            tolerance_s=tolerance,
+            max_body_bytes=self.integer(
+                "webhooks.max_body_bytes", raw.get("max_body_bytes"), 1_048_576, minimum=1
+            ),
+        )
+
+    def upstreams(self, default: Any, named: Any) -> dict[str, Upstream]:
+        out: dict[str, Upstream] = {}
+        if default is None:
+            self.error("upstream", "required: the URL (or mapping) of the default upstream")
+        else:
+            parsed = self.upstream("upstream", "default", default)
+            if parsed is not None:
+                out["default"] = parsed
+        if named is not None and not isinstance(named, dict):
+            self.error("upstreams", f"must be a mapping of names to upstreams, got {_kind(named)}")
+            named = None
+        self.declared_upstreams.update(named or {})
+        for name, spec in (named or {}).items():
+            if name == "default":
+                self.error(f"upstreams.{name}", "'default' is the top-level 'upstream'")
+                continue
+            parsed = self.upstream(f"upstreams.{name}", name, spec)
+            if parsed is not None:
+                out[name] = parsed
+        return out
+
+    def upstream(self, path: str, name: str, value: Any) -> Upstream | None:
+        spec = (
+            {"url": value} if isinstance(value, str) else self.mapping(path, value, _UPSTREAM_KEYS)
+        )
+        url_path = path if isinstance(value, str) else f"{path}.url"
+        url = self.url(url_path, spec.get("url"))
+        if url is None:
+            if "url" not in spec:
+                self.error(url_path, "required: the upstream's http(s) URL")
+            return None
+        parts = urlsplit(url)
+        if parts.query or parts.fragment or parts.username or parts.password:
+            self.error(url_path, "an upstream URL has no query, fragment or credentials")
+            return None
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            self.error(url_path, f"invalid port in {url!r}")
+            return None
+        assert parts.hostname is not None
+        return Upstream(
+            name=name,
+            url=url,
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port,
+            base_path=parts.path.rstrip("/"),
+            connect_timeout_s=self.number(
+                f"{path}.connect_timeout_s", spec.get("connect_timeout_s"), 5, minimum=0.001
+            ),
+            read_timeout_s=self.number(
+                f"{path}.read_timeout_s", spec.get("read_timeout_s"), 60, minimum=0.001
+            ),
+            preserve_host=self.boolean(f"{path}.preserve_host", spec.get("preserve_host"), True),
+        )
+
+    def access(self, path: str, value: Any, default: Access) -> Access:
+        if value is None:
+            return default
+        try:
+            return Access(value)
+        except ValueError:
+            choices = ", ".join(a.value for a in Access)
+            guess = difflib.get_close_matches(str(value), [a.value for a in Access], n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            self.error(path, f"unknown access {value!r} (one of {choices}){hint}")
+            return default
+
+    def routes(self, value: Any, upstreams: Mapping[str, Upstream], ci: bool) -> tuple[Route, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.error("routes", f"must be a list of routes, got {_kind(value)}")
+            return ()
+        out: list[Route] = []
+        for i, item in enumerate(value):
+            route = self.route(f"routes[{i}]", i, item, upstreams, ci)
+            if route is not None:
+                out.append(route)
+        return tuple(out)
+
+    def route(
+        self, path: str, index: int, value: Any, upstreams: Mapping[str, Upstream], ci: bool
+    ) -> Route | None:
+        if not isinstance(value, dict):
+            self.error(path, f"must be a mapping with 'path' and 'access', got {_kind(value)}")
+            return None
+        raw = self.mapping(path, value, _ROUTE_KEYS)
+        patterns: list[PathPattern] = []
+        if "path" not in raw:
+            self.error(f"{path}.path", "required: a path pattern or a list of them")
+        for i, source in enumerate(self.strings(f"{path}.path", raw.get("path")) or ()):
+            where = f"{path}.path[{i}]" if isinstance(raw.get("path"), list) else f"{path}.path"
+            try:
+                patterns.append(compile_pattern(source, case_insensitive=ci))
+            except PatternError as exc:
+                self.error(where, str(exc))
+        if "access" not in raw:
+            self.error(f"{path}.access", "required: public, protected, admin, webhook or deny")
+        access = self.access(f"{path}.access", raw.get("access"), Access.DENY)
+        methods: frozenset[str] | None = None
+        if raw.get("methods") is not None:
+            names = self.strings(f"{path}.methods", raw.get("methods")) or ()
+            for name in names:
+                if name.upper() not in _METHODS and not set(name) <= _TOKEN_CHARS:
+                    self.error(f"{path}.methods", f"{name!r} is not an HTTP method")
+            methods = frozenset(n.upper() for n in names)
+        host_text = self.string(f"{path}.host", raw.get("host"))
+        host = None
+        if host_text:
+            host = HostPattern.parse(host_text)
+            bare = host.source.removeprefix("*.")
+            if not bare or "*" in bare or any(c in bare for c in "/:@ ") or "." not in bare:
+                self.error(f"{path}.host", f"must be a host name or '*.domain', got {host_text!r}")
+        upstream = self.string(f"{path}.upstream", raw.get("upstream"), "default")
+        assert upstream is not None
+        if upstream not in self.declared_upstreams:
+            known = ", ".join(sorted(self.declared_upstreams - {"default"})) or "none"
+            self.error(
+                f"{path}.upstream", f"upstream {upstream!r} is not defined (defined: {known})"
+            )
+        require = self.requirement(f"{path}.require", raw.get("require"))
+        if access in (Access.PUBLIC, Access.WEBHOOK, Access.DENY) and require != Requirement():
+            self.error(f"{path}.require", f"an '{access.value}' route cannot have requirements")
+        return Route(
+            index=index,
+            patterns=tuple(patterns),
+            access=access,
+            methods=methods,
+            host=host,
+            accept_pending=self.boolean(f"{path}.accept_pending", raw.get("accept_pending"), False),
+            require=require,
+            upstream=upstream,
+            name=self.string(f"{path}.name", raw.get("name")),
+            line=self.doc.line(path),
+        )
+
+    def requirement(self, path: str, value: Any) -> Requirement:
+        raw = self.mapping(path, value, _REQUIRE_KEYS)
+        roles = self.strings(f"{path}.roles", raw.get("roles")) or ()
+        org_roles = self.strings(f"{path}.org_roles", raw.get("org_roles")) or ()
+        perms = self.strings(f"{path}.org_permissions", raw.get("org_permissions")) or ()
+        for i, perm in enumerate(perms):
+            if not perm.startswith("org:") or perm.count(":") != 2:
+                self.error(
+                    f"{path}.org_permissions[{i}]",
+                    f"must look like 'org:<feature>:<permission>', got {perm!r}",
+                )
+        return Requirement(
+            roles=roles,
+            org_roles=tuple(r if r.startswith("org:") else f"org:{r}" for r in org_roles),
+            org_permissions=perms,
+        )
+
+    def networks(self, path: str, value: Any) -> tuple[IPNetwork, ...]:
+        out: list[IPNetwork] = []
+        for i, text in enumerate(self.strings(path, value) or ()):
+            try:
+                out.append(ipaddress.ip_network(text, strict=True))
+            except ValueError as exc:
+                self.error(f"{path}[{i}]", f"not a valid address or CIDR: {exc}")
+        return tuple(out)
+
+    def limits(self, value: Any) -> Limits:
+        raw = self.mapping("limits", value, _LIMIT_KEYS)
+        return Limits(
+            max_header_bytes=self.integer(
+                "limits.max_header_bytes", raw.get("max_header_bytes"), 16_384, minimum=256
+            ),
+            max_request_line_bytes=self.integer(
+                "limits.max_request_line_bytes",
+                raw.get("max_request_line_bytes"),
+                8_192,
+                minimum=256,
+            ),
+        )
+
+    def identity_headers(self, value: Any) -> IdentityHeaders:
+        raw = self.mapping("identity_headers", value, _IDENTITY_KEYS)
+        defaults = IdentityHeaders()
+        chosen: dict[str, str | None] = {}
+        for key in _IDENTITY_KEYS:
+            if key in raw and raw[key] is None:
+                chosen[key] = None
+                continue
+            name = self.string(f"identity_headers.{key}", raw.get(key), getattr(defaults, key))
+            if name is not None and (not name or not set(name) <= _TOKEN_CHARS):
+                self.error(f"identity_headers.{key}", f"{name!r} is not a valid header name")
+            chosen[key] = name
+        names = [n.lower() for n in chosen.values() if n]
+        for dup in {n for n in names if names.count(n) > 1}:
+            self.error("identity_headers", f"header {dup!r} is used for two claims")
+        return IdentityHeaders(**chosen)
+
+    # ---- checks across sections -------------------------------------------------------------
+
+    def cross_checks(
+        self,
+        root: Mapping[str, Any],
+        routes: tuple[Route, ...],
+        clerk: ClerkSettings,
+        webhooks: WebhookSettings,
+        role_claim: tuple[str, ...] | None,
+        default: Access,
+    ) -> None:
+        needs_keys = default in (Access.PROTECTED, Access.ADMIN) or any(
+            r.access is not Access.DENY and r.access is not Access.WEBHOOK for r in routes
+        )
+        if needs_keys and not (clerk.jwt_key or clerk.jwks_url):
+            raw = root.get("clerk") if isinstance(root.get("clerk"), dict) else {}
+            assert isinstance(raw, dict)
+            env_named = [
+                v
+                for k, v in raw.items()
+                if k in ("secret_key", "jwt_key", "jwks_url") and isinstance(v, EnvStr) and v == ""
+            ]
+            if env_named:
+                names = sorted({n for v in env_named for n in v.names})
+                self.env_problem(
+                    "clerk",
+                    f"no key source: {_names(names)} {'is' if len(names) == 1 else 'are'} empty "
+                    "here, so there is no jwt_key, "
+                    "secret_key or jwks_url to verify session tokens with",
+                )
+            else:
+                self.error(
+                    "clerk",
+                    "no key source: set clerk.jwt_key (PEM), clerk.secret_key (keys from "
+                    "<api_url>/v1/jwks) or clerk.jwks_url",
+                )
+        if (
+            clerk.jwks_url
+            and not clerk.secret_key
+            and not clerk.jwt_key
+            and _under(clerk.jwks_url, clerk.api_url)
+        ):
+            self.env_problem(
+                "clerk.jwks_url",
+                "the Backend API's JWKS needs clerk.secret_key (or point jwks_url at your "
+                "frontend API's /.well-known/jwks.json)",
+            )
+        webhook_routes = [r for r in routes if r.access is Access.WEBHOOK]
+        if webhook_routes and not webhooks.secrets:
+            raw_secrets = (
+                (root.get("webhooks") or {}) if isinstance(root.get("webhooks"), dict) else {}
+            )
+            value = raw_secrets.get("secrets") if isinstance(raw_secrets, dict) else None
+            first = f"routes[{webhook_routes[0].index}]"
+            if isinstance(value, EnvStr) and value == "":
+                self.env_problem(
+                    "webhooks.secrets",
+                    f"{_names(value.names)} is empty here, but {first} is a webhook route; "
+                    "the gateway would refuse every webhook",
+                )
+            else:
+                self.error(
+                    "webhooks.secrets",
+                    f"{first} is a webhook route, so at least one 'whsec_' secret is required",
+                )
+        for route in routes:
+            needs_role = route.access is Access.ADMIN or bool(route.require.roles)
+            if needs_role and role_claim is None:
+                what = "an admin route" if route.access is Access.ADMIN else "require.roles"
+                self.error(
+                    f"routes[{route.index}].access",
+                    f"{what} needs 'role_claim' (the dot path of the role in the session "
+                    "claims, e.g. metadata.role)",
+                )
+                break
+
+    def lints(self, routes: tuple[Route, ...]) -> None:
+        for route in routes:
+            where = f"routes[{route.index}]"
+            if route.methods is not None and not route.methods:
+                self.warn(f"{where}.methods", "empty methods list: this route never matches")
+                continue
+            for pattern in route.patterns:
+                why = regex_matches_nothing(pattern)
+                if why:
+                    self.warn(f"{where}.path", f"{pattern.source!r} matches nothing: {why}")
+            if not route.patterns:
+                continue
+            earlier = shadowing_route(routes, route)
+            if earlier is not None:
+                self.warn(
+                    where,
+                    f"never matches: routes[{earlier.index}] (line {earlier.line}, "
+                    f"{earlier.pattern_text}) matches every request it would",
+                )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return (
+            f"a string ({value!r})"
+            if len(value) < 40 and not isinstance(value, EnvStr)
+            else "a string"
+        )
+    return f"{type(value).__name__} ({value!r})"
+
+
+def _names(names: Collection[str]) -> str:
+    return ", ".join(f"${{{n}}}" for n in names)

@@ -1,0 +1,110 @@
+"""The shared vocabulary: reasons, principals and decisions.
+
+Every other module speaks in these terms, so this one imports nothing local. A reason
+code is the same string in the response body, the log line and the metric label.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Access(enum.StrEnum):
+    PUBLIC = "public"
+    PROTECTED = "protected"
+    ADMIN = "admin"
+    WEBHOOK = "webhook"
+    DENY = "deny"
+
+
+class Reason(enum.StrEnum):
+    """Stable kebab-case codes. Clerk's own names where Clerk has one."""
+
+    # request shape
+    PATH_AMBIGUOUS = "path-ambiguous"
+    REQUEST_HEADER_TOO_LARGE = "request-header-too-large"
+    REQUEST_LINE_TOO_LONG = "request-line-too-long"
+    # session (Clerk's names)
+    SESSION_TOKEN_MISSING = "session-token-missing"
+    SESSION_PENDING = "session-pending"
+    TOKEN_INVALID = "token-invalid"
+    TOKEN_INVALID_ALGORITHM = "token-invalid-algorithm"
+    TOKEN_INVALID_SIGNATURE = "token-invalid-signature"
+    TOKEN_EXPIRED = "token-expired"
+    TOKEN_NOT_ACTIVE_YET = "token-not-active-yet"
+    TOKEN_IAT_IN_THE_FUTURE = "token-iat-in-the-future"
+    TOKEN_VERIFICATION_FAILED = "token-verification-failed"
+    TOKEN_INVALID_AUTHORIZED_PARTIES = "token-invalid-authorized-parties"
+    TOKEN_TYPE_MISMATCH = "token-type-mismatch"
+    JWK_KID_MISMATCH = "jwk-kid-mismatch"
+    JWK_FAILED_TO_RESOLVE = "jwk-failed-to-resolve"
+    JWK_REMOTE_FAILED_TO_LOAD = "jwk-remote-failed-to-load"
+    # ours, where we check more than Clerk's SDKs
+    TOKEN_INVALID_ISSUER = "token-invalid-issuer"
+    TOKEN_TOO_LARGE = "token-too-large"
+    # authorization
+    ROLE_REQUIRED = "role-required"
+    ORG_ROLE_REQUIRED = "org-role-required"
+    ORG_PERMISSION_REQUIRED = "org-permission-required"
+    ROUTE_DENIED = "route-denied"
+    # webhooks
+    WEBHOOK_HEADERS_MISSING = "webhook-headers-missing"
+    WEBHOOK_HEADERS_INVALID = "webhook-headers-invalid"
+    WEBHOOK_SIGNATURE_INVALID = "webhook-signature-invalid"
+    WEBHOOK_TIMESTAMP_TOO_OLD = "webhook-timestamp-too-old"
+    WEBHOOK_TIMESTAMP_TOO_NEW = "webhook-timestamp-too-new"
+    WEBHOOK_BODY_TOO_LARGE = "webhook-body-too-large"
+    WEBHOOK_ALREADY_DELIVERED = "webhook-already-delivered"
+    # upstream
+    UPSTREAM_UNREACHABLE = "upstream-unreachable"
+    UPSTREAM_RESET = "upstream-reset"
+    UPSTREAM_TIMEOUT = "upstream-timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is impersonating the user (Clerk's `act` claim)."""
+
+    subject: str
+    session_id: str | None
+    issuer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified identity, built from session claims; nothing here is client-chosen."""
+
+    user_id: str
+    session_id: str | None = None
+    roles: tuple[str, ...] = ()
+    org_id: str | None = None
+    org_slug: str | None = None
+    org_role: str | None = None
+    org_permissions: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    plan: tuple[str, ...] = ()
+    factor_ages: tuple[int, int] | None = None
+    session_status: str | None = None
+    actor: Actor | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.session_status == "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one request. `reason` is None exactly when allowed."""
+
+    allowed: bool
+    reason: Reason | None
+    principal: Principal | None = None
+
+    @staticmethod
+    def allow(principal: Principal | None) -> Decision:
+        return Decision(True, None, principal)
+
+    @staticmethod
+    def deny(reason: Reason, principal: Principal | None = None) -> Decision:
+        return Decision(False, reason, principal)

@@ -1,0 +1,203 @@
+"""`clerk-gateway explain`: how the policy would decide one request, offline.
+
+It runs the same pure pieces the server runs (normalise, match, verify claims, decide,
+deny rendering, identity headers), so an explanation cannot drift from what `run` does.
+A `--token` is decoded WITHOUT checking its signature, and the output says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict
+
+from gateway.clerk.claims import principal_from_claims
+from gateway.clerk.tokens import check_claims, check_header, decode
+from gateway.clerk.verifier import options_for
+from gateway.config import Policy
+from gateway.decision import Access, Decision, Principal, Reason
+from gateway.headers import identity_values
+from gateway.paths import normalise_target
+from gateway.policy import Outcome, decide
+from gateway.responses import denial, is_navigation
+from gateway.routes import Route, host_without_port
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    method: str
+    url: str
+    path: str | None
+    route: Route | None
+    access: Access | None
+    decision: str  # allow | deny | redirect
+    status: int
+    reason: Reason | None
+    location: str | None
+    headers: tuple[tuple[str, str], ...]
+    identity: str  # how the identity was given, for the text output
+    note: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        route = (
+            None
+            if self.route is None
+            else {
+                "index": self.route.index,
+                "path": self.route.pattern_text,
+                "access": self.route.access.value,
+                "name": self.route.name,
+            }
+        )
+        return {
+            "method": self.method,
+            "url": self.url,
+            "path": self.path,
+            "route": route,
+            "access": self.access.value if self.access else None,
+            "decision": self.decision,
+            "status": self.status,
+            "reason": self.reason.value if self.reason else None,
+            "location": self.location,
+            "headers": dict(self.headers),
+            "signature_checked": False,
+        }
+
+    def as_text(self) -> str:
+        if self.route is not None:
+            name = f" ({self.route.name})" if self.route.name else ""
+            route = f"routes[{self.route.index}]{name}: {self.route.pattern_text} (line {self.route.line})"
+        elif self.path is None:
+            route = "none (the path was refused before matching)"
+        else:
+            route = "none matched: the policy default applies"
+        lines = [
+            f"request:   {self.method} {self.url}",
+            f"path:      {self.path if self.path is not None else '(refused: ambiguous)'}",
+            f"route:     {route}",
+            f"access:    {self.access.value if self.access else '-'}",
+            f"identity:  {self.identity}",
+            f"decision:  {self.decision}",
+            f"status:    {self.status}",
+            f"reason:    {self.reason.value if self.reason else '-'}",
+        ]
+        if self.location:
+            lines.append(f"location:  {self.location}")
+        if self.headers:
+            lines.append("forwarded identity headers:")
+            lines.extend(f"  {name}: {value}" for name, value in self.headers)
+        elif self.decision == "allow":
+            lines.append("forwarded identity headers: none")
+        if self.note:
+            lines.append(f"note:      {self.note}")
+        lines.append("signature: not checked (explain never verifies signatures)")
+        return "\n".join(lines)
+
+
+def explain(
+    policy: Policy,
+    method: str,
+    url: str,
+    *,
+    claims: Mapping[str, Any] | None = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    now_ms: float,
+) -> Explanation:
+    method = method.upper()
+    headers = CIMultiDict(headers or {})
+    parts = urlsplit(url)
+    target = url[len(f"{parts.scheme}://{parts.netloc}") :] if parts.scheme else url
+    target = target or "/"
+    host_header = parts.netloc or headers.get("Host") or "localhost"
+    scheme = parts.scheme or "http"
+    outcome, identity = _outcome(policy, claims, token, now_ms)
+    normal = normalise_target(target)
+    if normal is None:
+        return Explanation(
+            method, url, None, None, None, "deny", 400, Reason.PATH_AMBIGUOUS, None, (), identity
+        )
+    route = policy.table.match(method, host_without_port(host_header), normal.path)
+    access = route.access if route is not None else policy.default
+    decision: Decision = decide(route, policy.default, outcome)
+    note = None
+    if access is Access.WEBHOOK:
+        note = "webhook routes are forwarded only with a valid Svix signature (checked on the body)"
+    if decision.allowed:
+        forwarded = (
+            tuple(identity_values(decision.principal, policy.identity_headers))
+            if decision.principal is not None
+            else ()
+        )
+        return Explanation(
+            method,
+            url,
+            normal.path,
+            route,
+            access,
+            "allow",
+            200,
+            None,
+            None,
+            forwarded,
+            identity,
+            note,
+        )
+    assert decision.reason is not None
+    result = denial(
+        decision.reason,
+        navigation=is_navigation(method, headers),
+        sign_in_url=policy.sign_in_url,
+        unauthorized_url=policy.unauthorized_url,
+        original_url=f"{scheme}://{host_header}{normal.path_qs}",
+    )
+    return Explanation(
+        method,
+        url,
+        normal.path,
+        route,
+        access,
+        result.kind,
+        result.status,
+        decision.reason,
+        result.location,
+        (),
+        identity,
+        note,
+    )
+
+
+def _outcome(
+    policy: Policy, claims: Mapping[str, Any] | None, token: str | None, now_ms: float
+) -> tuple[Outcome, str]:
+    options = options_for(policy.clerk)
+    if token is not None:
+        decoded = decode(token)
+        if isinstance(decoded, Reason):
+            return decoded, f"token that does not decode ({decoded.value})"
+        failure = check_header(decoded.header)
+        if failure is not None:
+            return failure, f"token rejected by its header ({failure.value})"
+        claims = decoded.claims
+        how = "token (decoded; signature NOT checked)"
+    elif claims is not None:
+        how = "claims given on the command line (taken as validly signed)"
+    else:
+        return None, "anonymous (no token)"
+    failure = check_claims(claims, now_ms, options)
+    if failure is not None:
+        return failure, f"{how}, rejected: {failure.value}"
+    principal: Principal | None = principal_from_claims(claims, policy.role_claim)
+    if principal is None:
+        return Reason.TOKEN_VERIFICATION_FAILED, f"{how}, but no usable 'sub'"
+    return principal, f"{how}: user {principal.user_id}"
+
+
+def render(explanation: Explanation, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(explanation.as_json(), indent=2)
+    return explanation.as_text()

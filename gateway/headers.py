@@ -1,0 +1,84 @@
+"""Request headers toward the upstream: strip what a client may not say, then inject.
+
+Identity headers are trustworthy only if no client can set them. So on EVERY request,
+whatever the route or outcome, any client header that looks like one of ours is removed
+first: every name starting with `X-Clerk-` and every configured identity header name,
+compared case-insensitively with `_` read as `-` (some servers, CGI and WSGI among them,
+fold `X_Clerk_User_Id` and `X-Clerk-User-Id` into the same variable).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from gateway.config import IdentityHeaders
+from gateway.decision import Principal
+
+log = logging.getLogger("clerk_gateway.headers")
+
+RESERVED_PREFIX = "x-clerk-"
+
+# RFC 9110 7.6.1: connection-specific headers never cross a proxy.
+HOP_BY_HOP = frozenset(
+    [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+)
+
+
+def fold(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def reserved_names(identity: IdentityHeaders) -> frozenset[str]:
+    """Folded names a client may never send (in addition to the `x-clerk-` prefix)."""
+    return frozenset(fold(n) for n in identity.names())
+
+
+def is_reserved(name: str, reserved: frozenset[str]) -> bool:
+    folded = fold(name)
+    return folded.startswith(RESERVED_PREFIX) or folded in reserved
+
+
+def safe_value(value: str) -> bool:
+    """Printable ASCII only: a CR or LF would split the header, other bytes confuse parsers."""
+    return value.isascii() and value.isprintable()
+
+
+def identity_values(principal: Principal, identity: IdentityHeaders) -> list[tuple[str, str]]:
+    """The verified identity as (header, value) pairs; absent claims send no header."""
+    candidates: Iterable[tuple[str | None, str | None]] = (
+        (identity.user_id, principal.user_id),
+        (identity.session_id, principal.session_id),
+        (identity.role, ",".join(principal.roles) or None),
+        (identity.org_id, principal.org_id),
+        (identity.org_slug, principal.org_slug),
+        (identity.org_role, principal.org_role),
+        (identity.org_permissions, ",".join(principal.org_permissions) or None),
+    )
+    out: list[tuple[str, str]] = []
+    for name, value in candidates:
+        if name is None or value is None:
+            continue
+        if not safe_value(value):
+            # never log the value: it is attacker-influenced and may be huge
+            log.warning(
+                "identity header dropped",
+                extra={
+                    "header": name,
+                    "reason": "claim-value-unsafe",
+                    "user_id": principal.user_id,
+                },
+            )
+            continue
+        out.append((name, value))
+    return out

@@ -1,0 +1,117 @@
+"""Decision -> what the client sees. The ONE place a reason becomes a status code.
+
+The same Reason string goes into the JSON body, the log line and the metric label. Error
+bodies are built once at import; a deny costs a dict lookup, not a json.dumps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from gateway.decision import Reason
+
+_STATUS: dict[Reason, int] = {
+    Reason.PATH_AMBIGUOUS: 400,
+    Reason.REQUEST_HEADER_TOO_LARGE: 431,
+    Reason.REQUEST_LINE_TOO_LONG: 414,
+    Reason.ROLE_REQUIRED: 403,
+    Reason.ORG_ROLE_REQUIRED: 403,
+    Reason.ORG_PERMISSION_REQUIRED: 403,
+    Reason.ROUTE_DENIED: 403,
+    Reason.WEBHOOK_HEADERS_MISSING: 400,
+    Reason.WEBHOOK_HEADERS_INVALID: 400,
+    Reason.WEBHOOK_SIGNATURE_INVALID: 400,
+    Reason.WEBHOOK_TIMESTAMP_TOO_OLD: 400,
+    Reason.WEBHOOK_TIMESTAMP_TOO_NEW: 400,
+    Reason.WEBHOOK_BODY_TOO_LARGE: 413,
+    Reason.WEBHOOK_ALREADY_DELIVERED: 200,
+    Reason.JWK_REMOTE_FAILED_TO_LOAD: 503,
+    Reason.UPSTREAM_UNREACHABLE: 502,
+    Reason.UPSTREAM_RESET: 502,
+    Reason.UPSTREAM_TIMEOUT: 504,
+}
+# Everything else is a failed or missing session: 401.
+
+_ERROR_KIND = {
+    200: "ok",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
+
+# Reasons a browser is sent to sign in for, and those it is sent to `unauthorized_url` for.
+_FORBIDDEN_REDIRECTS = frozenset(
+    [Reason.ROLE_REQUIRED, Reason.ORG_ROLE_REQUIRED, Reason.ORG_PERMISSION_REQUIRED]
+)
+
+
+def status_of(reason: Reason) -> int:
+    return _STATUS.get(reason, 401)
+
+
+def body_of(reason: Reason) -> bytes:
+    return _BODIES[reason]
+
+
+_BODIES: dict[Reason, bytes] = {
+    r: json.dumps({"error": _ERROR_KIND[status_of(r)], "reason": r.value}).encode() for r in Reason
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """How a denied request is answered."""
+
+    status: int
+    reason: Reason
+    location: str | None = None  # set for a 307 redirect
+
+    @property
+    def kind(self) -> str:
+        return "redirect" if self.location is not None else "deny"
+
+    @property
+    def www_authenticate(self) -> bool:
+        return self.status == 401
+
+
+def is_navigation(method: str, headers: Mapping[str, str]) -> bool:
+    """A browser loading a page, as opposed to an API call (a form POST included)."""
+    if method not in ("GET", "HEAD"):
+        return False
+    dest = headers.get("Sec-Fetch-Dest")
+    if dest is not None:
+        return dest.strip().lower() in ("document", "iframe")
+    return "text/html" in headers.get("Accept", "").lower()
+
+
+def denial(
+    reason: Reason,
+    *,
+    navigation: bool,
+    sign_in_url: str,
+    unauthorized_url: str,
+    original_url: str,
+) -> Denial:
+    status = status_of(reason)
+    if navigation and status == 401:
+        return Denial(307, reason, with_query(sign_in_url, "redirect_url", original_url))
+    if navigation and reason in _FORBIDDEN_REDIRECTS:
+        return Denial(307, reason, unauthorized_url)
+    return Denial(status, reason)
+
+
+def with_query(url: str, name: str, value: str) -> str:
+    """`url` with one more query parameter; the fragment, if any, stays last."""
+    base, hash_, fragment = url.partition("#")
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}{name}={quote(value, safe='')}{hash_}{fragment}"

@@ -1,0 +1,177 @@
+"""`clerk-gateway check` and `explain`, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**ENV, **(env or {})},
+        check=False,
+    )
+
+
+def test_check_accepts_the_example_policy() -> None:
+    result = cli("check", "config/routes.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_strict_fails_on_environment_warnings() -> None:
+    assert cli("check", "config/routes.yaml", "--strict").returncode == 1
+
+
+def test_check_reads_gateway_config() -> None:
+    result = cli("check", env={"GATEWAY_CONFIG": "config/routes.yaml"})
+    assert result.returncode == 0
+
+
+def test_check_lists_five_mistakes(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.yaml"
+    bad.write_text(
+        "clerk:\n  jwt_key: not-a-pem\n"
+        "upstream: ftp://nowhere\n"
+        "routes:\n"
+        "  - {path: /x, access: publik}\n"
+        "  - {path: 'regex:(', access: public}\n"
+        "  - {path: /y, access: public, metods: [GET]}\n"
+    )
+    result = cli("check", str(bad))
+    assert result.returncode == 1
+    problems = [
+        line
+        for line in result.stdout.splitlines()
+        if re.match(rf"{re.escape(str(bad))}:\d+: ", line)
+    ]
+    assert len(problems) == 5, result.stdout
+    for line_no in (2, 3, 5, 6, 7):
+        assert any(p.startswith(f"{bad}:{line_no}: ") for p in problems), (line_no, problems)
+
+
+def explain(*args: str) -> dict[str, object]:
+    result = cli("explain", "--config", "config/routes.yaml", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def claims(role: str) -> str:
+    return json.dumps(
+        {
+            "sub": "user_1",
+            "sid": "sess_1",
+            "exp": time.time() + 60,
+            "azp": "http://127.0.0.1:8080",
+            "metadata": {"role": role},
+        }
+    )
+
+
+def test_explain_root_is_public() -> None:
+    out = explain("GET", "/", "--anonymous")
+    assert (out["decision"], out["status"], out["reason"]) == ("allow", 200, None)
+    assert out["route"] == {
+        "index": 0,
+        "path": "/, /sign-in/**, /sign-up/**, /unauthorized, /api/public/**, /favicon.ico",
+        "access": "public",
+        "name": "public",
+    }
+    assert out["signature_checked"] is False
+
+
+def test_explain_dashboard_anonymous_is_denied() -> None:
+    out = explain("GET", "/dashboard", "--anonymous")
+    assert (out["decision"], out["status"], out["reason"]) == ("deny", 401, "session-token-missing")
+
+
+def test_explain_dashboard_anonymous_browser_is_redirected() -> None:
+    out = explain(
+        "GET", "https://app.example.com/dashboard?tab=1", "--header", "Sec-Fetch-Dest: document"
+    )
+    assert (out["decision"], out["status"]) == ("redirect", 307)
+    assert (
+        out["location"]
+        == "/sign-in?redirect_url=https%3A%2F%2Fapp.example.com%2Fdashboard%3Ftab%3D1"
+    )
+
+
+def test_explain_admin_as_member_is_denied() -> None:
+    out = explain("GET", "/admin", "--claims", claims("member"))
+    assert (out["decision"], out["status"], out["reason"]) == ("deny", 403, "role-required")
+
+
+def test_explain_admin_as_admin_is_allowed_with_headers() -> None:
+    out = explain("GET", "/admin", "--claims", claims("admin"))
+    assert (out["decision"], out["status"]) == ("allow", 200)
+    assert out["headers"] == {
+        "X-Clerk-User-Id": "user_1",
+        "X-Clerk-Session-Id": "sess_1",
+        "X-Clerk-Role": "admin",
+    }
+
+
+def test_explain_normalises_first() -> None:
+    out = explain("GET", "/admin/../admin", "--claims", claims("member"))
+    assert out["path"] == "/admin"
+    assert out["route"]["index"] == 2  # type: ignore[index]
+
+
+def test_explain_ambiguous_path() -> None:
+    out = explain("GET", "/admin%2f")
+    assert (out["status"], out["reason"]) == (400, "path-ambiguous")
+
+
+def test_explain_token_is_decoded_without_checking_its_signature() -> None:
+    token = jwt.encode(
+        {
+            "sub": "user_2",
+            "exp": int(time.time()) + 60,
+            "azp": "http://127.0.0.1:8080",
+            "metadata": {"role": "admin"},
+        },
+        "not-the-real-key-but-long-enough-for-hs256",
+        algorithm="HS256",
+    )
+    out = explain("GET", "/admin", "--token", token)
+    assert out["reason"] == "token-invalid-algorithm"
+    rs_token = token.replace(
+        token.split(".")[0], jwt.utils.base64url_encode(b'{"alg":"RS256","typ":"JWT"}').decode()
+    )
+    out = explain("GET", "/admin", "--token", rs_token)
+    assert (out["decision"], out["headers"]) == (
+        "allow",
+        {"X-Clerk-User-Id": "user_2", "X-Clerk-Role": "admin"},
+    )
+
+
+def test_explain_text_output_says_the_signature_was_not_checked() -> None:
+    result = cli(
+        "explain", "--config", "config/routes.yaml", "GET", "/admin", "--claims", claims("admin")
+    )
+    assert result.returncode == 0
+    assert "routes[2] (admin)" in result.stdout
+    assert "not checked" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["GET"], ["GET", "/", "--claims", "{not json"], ["GET", "/", "--header", "nocolon"]]
+)
+def test_explain_bad_usage_exits_2(args: list[str]) -> None:
+    assert cli("explain", *args).returncode == 2
