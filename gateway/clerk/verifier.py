@@ -1,9 +1,53 @@
-"""Session verification with state: keys from the key cache, and a verified-token cache."""
+"""Session verification with state: keys from the key cache, and two bounded caches.
+
+A Clerk session token is reused for up to 60 s, so a verified-token cache turns a
+session's repeated requests into a dict lookup instead of an RSA verification. Expiry is
+re-checked against `now` on every hit, and so is the key: a cached verification is
+dropped as soon as its signing key leaves the key set or the keys grow too stale.
+
+A failure that can never turn into a success for the same token (bad signature, wrong
+algorithm, garbage, expired, wrong issuer) is remembered briefly, so a flood of one bad
+token costs one verification. Failures that time or a key fetch can change (unknown
+`kid`, not active yet) are not remembered. The negative cache is keyed by a 16-byte
+digest, so its memory is bounded whatever size of token clients send.
+"""
 
 from __future__ import annotations
 
-from gateway.clerk.tokens import VerifyOptions
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from gateway.clerk.claims import principal_from_claims
+from gateway.clerk.jwks import KeyCache
+from gateway.clerk.tokens import (
+    VerifyOptions,
+    check_claims,
+    check_header,
+    check_signature,
+    decode,
+)
 from gateway.config import ClerkSettings
+from gateway.decision import Principal, Reason
+
+FAILURE_TTL_S = 30.0
+POSITIVE_TTL_S = 300.0
+_PERMANENT = frozenset(
+    [
+        Reason.TOKEN_INVALID,
+        Reason.TOKEN_TOO_LARGE,
+        Reason.TOKEN_INVALID_ALGORITHM,
+        Reason.TOKEN_INVALID_SIGNATURE,
+        Reason.TOKEN_TYPE_MISMATCH,
+        Reason.TOKEN_VERIFICATION_FAILED,
+        Reason.TOKEN_INVALID_AUTHORIZED_PARTIES,
+        Reason.TOKEN_INVALID_ISSUER,
+        Reason.TOKEN_EXPIRED,
+    ]
+)
 
 
 def options_for(settings: ClerkSettings) -> VerifyOptions:
@@ -14,3 +58,81 @@ def options_for(settings: ClerkSettings) -> VerifyOptions:
         allow_missing_azp=settings.allow_missing_azp,
         clock_skew_ms=settings.clock_skew_ms,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    kid: str | None
+    expires_ms: float  # the instant (ms) from which the token counts as expired
+
+
+class SessionVerifier:
+    def __init__(
+        self,
+        settings: ClerkSettings,
+        keys: KeyCache,
+        role_claim: tuple[str, ...] | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = keys
+        self.options = options_for(settings)
+        self.role_claim = role_claim
+        self._clock = clock
+        size = settings.token_cache_size
+        self._verified: TTLCache[str, _Verified] | None = (
+            TTLCache(size, POSITIVE_TTL_S) if size else None
+        )
+        self._failed: TTLCache[bytes, Reason] | None = (
+            TTLCache(size, FAILURE_TTL_S) if size else None
+        )
+        self.verifications = 0  # full (RSA) verifications performed, for tests and metrics
+
+    async def verify(self, token: str) -> Principal | Reason:
+        now_ms = self._clock() * 1000
+        if self._verified is not None:
+            hit = self._verified.get(token)
+            if hit is not None:
+                if now_ms >= hit.expires_ms:
+                    self._verified.pop(token, None)
+                    return Reason.TOKEN_EXPIRED
+                if self.keys.known(hit.kid):
+                    return hit.principal
+                self._verified.pop(token, None)
+        digest = b""
+        if self._failed is not None:
+            digest = hashlib.blake2b(token.encode("utf-8", "replace"), digest_size=16).digest()
+            failed = self._failed.get(digest)
+            if failed is not None:
+                return failed
+        result = await self._verify(token, now_ms)
+        if isinstance(result, Reason):
+            if self._failed is not None and result in _PERMANENT:
+                self._failed[digest] = result
+            return result
+        if self._verified is not None:
+            self._verified[token] = result
+        return result.principal
+
+    async def _verify(self, token: str, now_ms: float) -> _Verified | Reason:
+        decoded = decode(token)
+        if isinstance(decoded, Reason):
+            return decoded
+        failure = check_header(decoded.header)
+        if failure is not None:
+            return failure
+        key = await self.keys.resolve(decoded.kid)
+        if isinstance(key, Reason):
+            return key
+        self.verifications += 1
+        failure = check_signature(decoded, key) or check_claims(
+            decoded.claims, now_ms, self.options
+        )
+        if failure is not None:
+            return failure
+        principal = principal_from_claims(decoded.claims, self.role_claim)
+        if principal is None:
+            return Reason.TOKEN_VERIFICATION_FAILED
+        exp = decoded.claims["exp"]
+        return _Verified(principal, decoded.kid, exp * 1000 + self.options.clock_skew_ms)

@@ -1,0 +1,201 @@
+"""A local Clerk stand-in for the demo and the tests: keys, a JWKS, token minting.
+
+It serves the key set the way Clerk's Backend API does (`GET /v1/jwks`, answered only
+with `Authorization: Bearer <secret key>`) and the way a frontend API does
+(`/.well-known/jwks.json`), and mints session tokens with Clerk's real v2 claim shape
+(60 s lifetime, `nbf` 10 s before `iat`, `azp`, `sid`, `fva`, `v: 2`, the `cat` header,
+custom `metadata.role`). Tests use its knobs to rotate keys, go down, answer garbage or
+answer slowly, and count the fetches it served. It binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.clerk.tokens import SESSION_CATEGORY
+
+DEFAULT_FRONTEND_API = "clerk.gateway-demo.localhost"
+LOOPBACK = frozenset(["127.0.0.1", "::1", "localhost"])
+
+
+def publishable_key_for(frontend_api: str) -> str:
+    encoded = base64.b64encode(f"{frontend_api}$".encode()).decode().rstrip("=")
+    return f"pk_test_{encoded}"
+
+
+def new_rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    private: rsa.RSAPrivateKey
+
+    def jwk(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key())
+        )
+        data.update({"kid": self.kid, "alg": "RS256", "use": "sig"})
+        return data
+
+    def public_pem(self) -> str:
+        return (
+            self.private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+
+
+@dataclass
+class DevClerk:
+    """State and knobs of the stand-in. `app()` serves it; `mint()` needs no server."""
+
+    frontend_api: str = DEFAULT_FRONTEND_API
+    secret_key: str = field(default_factory=lambda: "sk_test_" + secrets.token_urlsafe(24))
+    origin: str = "http://127.0.0.1:8080"
+    keys: list[SigningKey] = field(default_factory=list)
+    # knobs for tests
+    status: int = 200
+    garbage: bool = False
+    delay_s: float = 0.0
+    jwks_hits: int = 0
+    authorizations: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.keys.append(SigningKey(_kid(), new_rsa_key()))
+
+    @property
+    def publishable_key(self) -> str:
+        return publishable_key_for(self.frontend_api)
+
+    @property
+    def issuer(self) -> str:
+        return f"https://{self.frontend_api}"
+
+    @property
+    def signer(self) -> SigningKey:
+        return self.keys[-1]
+
+    def rotate(self, key: rsa.RSAPrivateKey | None = None) -> SigningKey:
+        """Publish a new key and sign with it from now on (old keys stay published)."""
+        new = SigningKey(_kid(), key or new_rsa_key())
+        self.keys.append(new)
+        return new
+
+    def retire(self, kid: str) -> None:
+        self.keys = [k for k in self.keys if k.kid != kid]
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.jwk() for k in self.keys]}
+
+    def mint(
+        self,
+        user_id: str = "user_2demo",
+        *,
+        role: str | None = None,
+        org: Mapping[str, Any] | None = None,
+        lifetime_s: int = 60,
+        now: float | None = None,
+        claims: Mapping[str, Any] | None = None,
+        headers: Mapping[str, Any] | None = None,
+        key: SigningKey | None = None,
+    ) -> str:
+        """A session token shaped like Clerk's v2 tokens. `claims` overrides or adds."""
+        iat = int(time.time() if now is None else now)
+        payload: dict[str, Any] = {
+            "azp": self.origin,
+            "exp": iat + lifetime_s,
+            "fva": [0, -1],
+            "iat": iat,
+            "iss": self.issuer,
+            "jti": secrets.token_hex(10),
+            "nbf": iat - 10,
+            "sid": "sess_" + secrets.token_hex(12),
+            "sub": user_id,
+            "v": 2,
+        }
+        if role is not None:
+            payload["metadata"] = {"role": role}
+        if org is not None:
+            payload["o"] = dict(org)
+        payload.update(claims or {})
+        payload = {k: v for k, v in payload.items() if v is not None}
+        signer = key or self.signer
+        header: dict[str, Any] = {"kid": signer.kid, "typ": "JWT", "cat": SESSION_CATEGORY}
+        header.update(headers or {})
+        return jwt.encode(payload, signer.private, algorithm="RS256", headers=header)
+
+    # ---- HTTP -------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/jwks", self._backend_jwks)
+        app.router.add_get("/.well-known/jwks.json", self._frontend_jwks)
+        app.router.add_get("/demo/token/{who}", self._demo_token)
+        return app
+
+    async def _backend_jwks(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.secret_key}":
+            self.jwks_hits += 1
+            return web.json_response(
+                {"errors": [{"code": "clerk_key_invalid", "message": "secret key invalid"}]},
+                status=401,
+            )
+        return await self._frontend_jwks(request)
+
+    async def _frontend_jwks(self, request: web.Request) -> web.StreamResponse:
+        self.jwks_hits += 1
+        self.authorizations.append(request.headers.get("Authorization"))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.status != 200:
+            return web.json_response({"errors": [{"code": "unavailable"}]}, status=self.status)
+        if self.garbage:
+            return web.Response(text="<html>not json</html>", content_type="text/html")
+        return web.json_response(self.jwks())
+
+    async def _demo_token(self, request: web.Request) -> web.Response:
+        who = request.match_info["who"]
+        if who not in DEMO_USERS:
+            raise web.HTTPNotFound(
+                text=f"unknown demo user {who!r}; try one of {sorted(DEMO_USERS)}"
+            )
+        user_id, role = DEMO_USERS[who]
+        return web.Response(text=self.mint(user_id, role=role))
+
+
+# The demo's people: a member and an admin (anonymous needs no token).
+DEMO_USERS: dict[str, tuple[str, str]] = {
+    "alice": ("user_2alice", "member"),
+    "bob": ("user_2bob", "member"),
+    "admin": ("user_2admin", "admin"),
+}
+
+
+def _kid() -> str:
+    return "ins_" + secrets.token_hex(12)
+
+
+async def serve(clerk: DevClerk, host: str, port: int) -> web.AppRunner:
+    if host not in LOOPBACK:
+        raise ValueError(f"the Clerk stand-in binds to loopback only, not {host!r}")
+    runner = web.AppRunner(clerk.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
