@@ -19,12 +19,7 @@ test: $(STAMP)
 	$(BIN)/pytest -W error
 
 demo: $(STAMP)
-	$(BIN)/clerk-gateway check config/routes.yaml
-	$(BIN)/clerk-gateway explain GET / --anonymous
-	$(BIN)/clerk-gateway explain GET /dashboard --anonymous
-	$(BIN)/clerk-gateway explain GET /admin --claims '{"sub":"user_member","exp":4102444800,"azp":"http://127.0.0.1:8080","metadata":{"role":"member"}}'
-	$(BIN)/clerk-gateway explain GET /admin --claims '{"sub":"user_admin","exp":4102444800,"azp":"http://127.0.0.1:8080","metadata":{"role":"admin"}}'
-	$(BIN)/clerk-gateway explain GET /admin/../admin --header 'Sec-Fetch-Dest: document'
+	$(BIN)/clerk-gateway demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

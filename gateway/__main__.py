@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.config import load_policy
-from gateway.settings import config_path
+from gateway.settings import Settings, config_path, parse_address
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +27,20 @@ def _parser() -> argparse.ArgumentParser:
         prog="clerk-gateway", description="Clerk authentication in front of any HTTP service."
     )
     sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="serve: proxy requests according to the policy")
+    run.add_argument(
+        "--config", help="policy file (default: $GATEWAY_CONFIG or config/routes.yaml)"
+    )
+    run.add_argument("--listen", default="0.0.0.0:8080", help="public HOST:PORT (0.0.0.0:8080)")
+    run.add_argument(
+        "--admin-listen", default="0.0.0.0:9090", help="admin HOST:PORT for health and metrics"
+    )
+    run.add_argument("--workers", type=int, default=1, help="processes sharing the port (1)")
+    run.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on SIGTERM"
+    )
+    run.set_defaults(handler=_run)
 
     check = sub.add_parser("check", help="validate a policy file")
     check.add_argument("file", nargs="?", help="policy file (default: $GATEWAY_CONFIG)")
@@ -53,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.set_defaults(handler=_explain)
 
+    demo = sub.add_parser("demo", help="run a local Clerk stand-in, a sample app and the gateway")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="gateway port on 127.0.0.1 (8080; 0: all ports free ones)",
+    )
+    demo.add_argument(
+        "--check",
+        action="store_true",
+        help="run the walkthrough, print it and exit (1 if a check fails)",
+    )
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -110,6 +137,30 @@ def _explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     )
     print(render(explanation, args.json))
     return 0
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    try:
+        settings = Settings(
+            config=config_path(args.config),
+            listen=parse_address(args.listen),
+            admin_listen=parse_address(args.admin_listen),
+            workers=args.workers,
+            drain_timeout_s=args.drain_timeout,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    if settings.workers < 1:
+        parser.error("--workers must be at least 1")
+    return serve(settings)
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args.port, args.check)
 
 
 if __name__ == "__main__":

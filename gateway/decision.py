@@ -23,6 +23,7 @@ class Reason(enum.StrEnum):
 
     # request shape
     PATH_AMBIGUOUS = "path-ambiguous"
+    REQUEST_MALFORMED = "request-malformed"
     REQUEST_HEADER_TOO_LARGE = "request-header-too-large"
     REQUEST_LINE_TOO_LONG = "request-line-too-long"
     # session (Clerk's names)
@@ -56,6 +57,7 @@ class Reason(enum.StrEnum):
     WEBHOOK_TIMESTAMP_TOO_NEW = "webhook-timestamp-too-new"
     WEBHOOK_BODY_TOO_LARGE = "webhook-body-too-large"
     WEBHOOK_ALREADY_DELIVERED = "webhook-already-delivered"
+    WEBHOOK_IN_PROGRESS = "webhook-in-progress"
     # upstream
     UPSTREAM_UNREACHABLE = "upstream-unreachable"
     UPSTREAM_RESET = "upstream-reset"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -74,6 +77,8 @@ class DevClerk:
     garbage: bool = False
     delay_s: float = 0.0
     jwks_hits: int = 0
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_url: str | None = None
     authorizations: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -148,6 +153,7 @@ class DevClerk:
         app.router.add_get("/v1/jwks", self._backend_jwks)
         app.router.add_get("/.well-known/jwks.json", self._frontend_jwks)
         app.router.add_get("/demo/token/{who}", self._demo_token)
+        app.router.add_post("/demo/users", self._demo_user)
         return app
 
     async def _backend_jwks(self, request: web.Request) -> web.StreamResponse:
@@ -178,6 +184,81 @@ class DevClerk:
             )
         user_id, role = DEMO_USERS[who]
         return web.Response(text=self.mint(user_id, role=role))
+
+    # ---- webhooks (Svix-signed, as Clerk sends them) ---------------------------------------
+
+    def signed_webhook(
+        self, event: Mapping[str, Any], *, msg_id: str | None = None, timestamp: int | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """Headers and the exact body bytes of a delivery signed with `webhook_secret`."""
+        if self.webhook_secret is None:
+            raise ValueError("no webhook_secret configured")
+        body = json.dumps(event, separators=(",", ":")).encode()
+        msg_id = msg_id or "msg_" + secrets.token_urlsafe(18)
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
+        mac = hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+        headers = {
+            "svix-id": msg_id,
+            "svix-timestamp": ts,
+            "svix-signature": "v1," + base64.b64encode(mac).decode(),
+            "Content-Type": "application/json",
+        }
+        return headers, body
+
+    @staticmethod
+    def user_event(kind: str, user_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        now_ms = int(time.time() * 1000)
+        user_id = user_id or "user_" + secrets.token_hex(12)
+        if kind == "user.deleted":
+            data: dict[str, Any] = {"object": "user", "id": user_id, "deleted": True}
+        else:
+            email_id = "idn_" + secrets.token_hex(12)
+            email = fields.pop("email", f"{user_id}@example.com")
+            data = {
+                "object": "user",
+                "id": user_id,
+                "first_name": fields.pop("first_name", None),
+                "last_name": fields.pop("last_name", None),
+                "email_addresses": [{"id": email_id, "email_address": email}],
+                "primary_email_address_id": email_id,
+                "public_metadata": {},
+                "created_at": now_ms,
+                "updated_at": now_ms,
+                **fields,
+            }
+        return {
+            "data": data,
+            "object": "event",
+            "type": kind,
+            "timestamp": now_ms,
+            "instance_id": "ins_devclerk",
+        }
+
+    async def send_user_event(self, kind: str, **fields: Any) -> int:
+        """Sign a `user.*` event and POST it to `webhook_url`; the HTTP status received."""
+        if self.webhook_url is None:
+            raise ValueError("no webhook_url configured")
+        headers, body = self.signed_webhook(self.user_event(kind, **fields))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(self.webhook_url, data=body, headers=headers) as resp,
+        ):
+            await resp.read()
+            return resp.status
+
+    async def _demo_user(self, request: web.Request) -> web.Response:
+        try:
+            fields = await request.json() if request.can_read_body else {}
+        except ValueError:
+            fields = {}
+        if not isinstance(fields, dict):
+            fields = {}
+        allowed = {
+            k: str(v) for k, v in fields.items() if k in ("first_name", "last_name", "email")
+        }
+        status = await self.send_user_event("user.created", **allowed)
+        return web.json_response({"sent": "user.created", "gateway_status": status})
 
 
 # The demo's people: a member and an admin (anonymous needs no token).

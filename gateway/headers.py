@@ -82,3 +82,80 @@ def identity_values(principal: Principal, identity: IdentityHeaders) -> list[tup
             continue
         out.append((name, value))
     return out
+
+
+FORWARDED_NAMES = frozenset(
+    ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+)
+# The gateway speaks its own WebSocket handshake to the upstream.
+_WEBSOCKET_HANDSHAKE = frozenset(
+    [
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-accept",
+    ]
+)
+
+
+def connection_listed(values: Iterable[str]) -> frozenset[str]:
+    """Header names a `Connection` header declares hop-by-hop (RFC 9110 7.6.1)."""
+    names: set[str] = set()
+    for value in values:
+        names.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return frozenset(names)
+
+
+def upstream_headers(
+    incoming: Iterable[tuple[str, str]],
+    *,
+    reserved: frozenset[str],
+    trusted_proxy: bool,
+    client_ip: str,
+    scheme: str,
+    host: str,
+    identity: Iterable[tuple[str, str]] = (),
+    host_override: str | None = None,
+    websocket: bool = False,
+) -> list[tuple[str, str]]:
+    """Strip first (on every request, whatever the outcome), then inject."""
+    items = list(incoming)
+    listed = connection_listed(v for k, v in items if k.lower() == "connection")
+    out: list[tuple[str, str]] = []
+    forwarded_for: list[str] = []
+    proto = forwarded_host = None
+    for name, value in items:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in listed or is_reserved(name, reserved):
+            continue
+        if websocket and lower in _WEBSOCKET_HANDSHAKE:
+            continue
+        if lower in FORWARDED_NAMES:
+            if trusted_proxy:
+                if lower == "x-forwarded-for":
+                    forwarded_for.append(value)
+                    continue
+                if lower == "x-forwarded-proto":
+                    proto = proto or value
+                    continue
+                if lower == "x-forwarded-host":
+                    forwarded_host = forwarded_host or value
+                    continue
+                out.append((name, value))  # `Forwarded` from a trusted proxy
+            continue
+        if lower == "host":
+            continue
+        out.append((name, value))
+    out.append(("Host", host_override or host))
+    out.append(("X-Forwarded-For", ", ".join([*forwarded_for, client_ip])))
+    out.append(("X-Forwarded-Proto", proto or scheme))
+    out.append(("X-Forwarded-Host", forwarded_host or host))
+    out.extend(identity)
+    return out
+
+
+def response_headers(incoming: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Upstream response headers minus hop-by-hop ones and those `Connection` names."""
+    items = list(incoming)
+    listed = connection_listed(v for k, v in items if k.lower() == "connection")
+    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP and k.lower() not in listed]

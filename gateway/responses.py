@@ -15,6 +15,8 @@ from gateway.decision import Reason
 
 _STATUS: dict[Reason, int] = {
     Reason.PATH_AMBIGUOUS: 400,
+    Reason.REQUEST_MALFORMED: 400,
+    Reason.WEBHOOK_IN_PROGRESS: 409,
     Reason.REQUEST_HEADER_TOO_LARGE: 431,
     Reason.REQUEST_LINE_TOO_LONG: 414,
     Reason.ROLE_REQUIRED: 403,
@@ -40,6 +42,7 @@ _ERROR_KIND = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
+    409: "conflict",
     413: "payload_too_large",
     414: "uri_too_long",
     431: "request_header_fields_too_large",

@@ -112,6 +112,7 @@ class KeyCache:
         self.fetch_ok = 0
         self.fetch_failed = 0
         self.on_fetch: Callable[[bool], None] | None = None  # metrics hook
+        self._got_keys = asyncio.Event()
         if settings.jwt_key:
             # networkless mode: one PEM key verifies whatever kid a token names, as Clerk does
             self._keys = KeySet({}, VerifyKey(load_pem_key(settings.jwt_key), "RS256"))
@@ -175,6 +176,15 @@ class KeyCache:
         key = self._keys.get(kid)
         return key if key is not None else Reason.JWK_KID_MISMATCH
 
+    async def wait_ready(self, within_s: float) -> bool:
+        """Wait (bounded) for usable keys; True when they arrived."""
+        if self.usable():
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await self._got_keys.wait()
+        return self.usable()
+
     def stats(self) -> KeyCacheStats:
         age = None
         if self.remote and self._fetched_at is not None:
@@ -216,6 +226,7 @@ class KeyCache:
             self._inflight = None
         self._keys = KeySet(keys)
         self._fetched_at = self._now()
+        self._got_keys.set()
         self._failures = 0
         self.fetch_ok += 1
         if self.on_fetch is not None:
