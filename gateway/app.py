@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.clerk.jwks import KeyCache
+from gateway.clerk.jwks import KeyCache, KeyCacheStats
 from gateway.clerk.tokens import extract
 from gateway.clerk.verifier import SessionVerifier
 from gateway.config import ClerkSettings, Policy, load_policy
@@ -111,6 +111,7 @@ class Gateway:
         self._file_state = self._stat()
         self.keys = self._new_keys(result.policy.clerk)
         self._runtime = self._build(result.policy, self.keys)
+        self.metrics.watch_keys(self._key_stats)
         await self.keys.start()
 
     async def close(self) -> None:
@@ -121,6 +122,10 @@ class Gateway:
         if self.keys is not None:
             await self.keys.close()
         await self.forwarder.close()
+
+    def _key_stats(self) -> KeyCacheStats:
+        assert self.keys is not None
+        return self.keys.stats()
 
     def _new_keys(self, settings: ClerkSettings) -> KeyCache:
         keys = KeyCache(settings)

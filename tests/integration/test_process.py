@@ -1,0 +1,165 @@
+"""The real command lines: `clerk-gateway run` (signals, drain) and `clerk-gateway demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.demo import free_port
+from gateway.devclerk import DevClerk
+from tests.integration.conftest import LOOPBACK, Upstream
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def wait_http(url: str, within: float = 20.0) -> None:
+    async with asyncio.timeout(within), aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def held_upstream(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> tuple[Upstream, TestServer]:
+    state = Upstream()
+    return state, await aiohttp_server(state.app())
+
+
+async def test_sigterm_drains_an_in_flight_request(
+    tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
+) -> None:
+    state, server = held_upstream
+    policy = tmp_path / "routes.yaml"
+    policy.write_text(
+        "clerk:\n  jwt_key: ${CLERK_JWT_KEY}\n"
+        f"upstream: {str(server.make_url('')).rstrip('/')}\n"
+        "routes:\n  - {path: /public/**, access: public}\n"
+    )
+    port, admin = free_port(), free_port()
+    env = {**os.environ, "CLERK_JWT_KEY": devclerk.signer.public_pem()}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(policy),
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--admin-listen",
+        f"{LOOPBACK}:{admin}",
+        "--drain-timeout",
+        "10",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
+        async with aiohttp.ClientSession() as http:
+            in_flight = asyncio.create_task(http.get(f"http://{LOOPBACK}:{port}/public/held"))
+            async with asyncio.timeout(10):
+                while not state.requests:
+                    await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with http.get(f"http://{LOOPBACK}:{port}/public/new"):
+                    pass  # the listener is closed: no new requests during the drain
+            state.release.set()
+            response = await asyncio.wait_for(in_flight, 10)
+            assert response.status == 200
+            assert await response.text() == "released"
+            response.release()
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        output = (await proc.stdout.read()).decode() if proc.stdout else ""
+        assert '"msg":"draining"' in output
+        assert devclerk.signer.public_pem().splitlines()[1] not in output
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_run_refuses_an_invalid_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "routes.yaml"
+    policy.write_text("upstream: http://127.0.0.1:1\nroutes:\n  - {path: /x, access: maybe}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(policy),
+        "--listen",
+        f"{LOOPBACK}:0",
+        "--admin-listen",
+        f"{LOOPBACK}:0",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "routes[0].access: unknown access 'maybe'" in err.decode()
+
+
+async def test_run_names_an_unset_variable(tmp_path: Path) -> None:
+    policy = tmp_path / "routes.yaml"
+    policy.write_text("clerk:\n  secret_key: ${NOT_SET_ANYWHERE}\nupstream: http://127.0.0.1:1\n")
+    env = {k: v for k, v in os.environ.items() if k != "NOT_SET_ANYWHERE"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(policy),
+        "--listen",
+        f"{LOOPBACK}:0",
+        "--admin-listen",
+        f"{LOOPBACK}:0",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "${NOT_SET_ANYWHERE} is not set" in err.decode()
+
+
+async def test_demo_walkthrough_passes() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "demo",
+        "--port",
+        "0",
+        "--check",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert text.count("[ok]") == 8, text
+    assert "FAILED" not in text
