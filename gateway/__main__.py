@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,11 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", help="policy file (default: $GATEWAY_CONFIG or config/routes.yaml)"
     )
-    run.add_argument("--listen", default="0.0.0.0:8080", help="public HOST:PORT (0.0.0.0:8080)")
     run.add_argument(
-        "--admin-listen", default="0.0.0.0:9090", help="admin HOST:PORT for health and metrics"
+        "--listen",
+        default=os.environ.get("GATEWAY_LISTEN", "0.0.0.0:8080"),
+        help="public HOST:PORT (default: $GATEWAY_LISTEN or 0.0.0.0:8080)",
     )
-    run.add_argument("--workers", type=int, default=1, help="processes sharing the port (1)")
+    run.add_argument(
+        "--admin-listen",
+        default=os.environ.get("GATEWAY_ADMIN_LISTEN", "0.0.0.0:9090"),
+        help="admin HOST:PORT for health and metrics (default: $GATEWAY_ADMIN_LISTEN or 0.0.0.0:9090)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=_env_int("GATEWAY_WORKERS", 1),
+        help="processes sharing the port (default: $GATEWAY_WORKERS or 1)",
+    )
     run.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on SIGTERM"
     )
@@ -83,9 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import os
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default
 
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     path = args.file or os.environ.get("GATEWAY_CONFIG")
     if not path:
         parser.error("no FILE given and $GATEWAY_CONFIG is not set")

@@ -424,7 +424,9 @@ class Gateway:
             if request.transport is None or request.transport.is_closing():
                 out.reason, out.status, out.decision = exc.reason, 499, "allow"
                 raise
-            return self._deny(request, rt, out, exc.reason, navigation=False, original_url="")
+            response = self._deny(request, rt, out, exc.reason, navigation=False, original_url="")
+            out.decision = "allow"  # the policy allowed it; the upstream failed
+            return response
         finally:
             out.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
 
