@@ -19,27 +19,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from aiohttp import web
-
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
 from gateway.clerk.tokens import extract
 from gateway.clerk.verifier import SessionVerifier
-from gateway.config import ClerkSettings, Policy, load_policy
-from gateway.decision import Access, Decision, Principal, Reason
+from gateway.config import ClerkSettings, Limits, Policy, Upstream, load_policy
+from gateway.decision import Access, Principal, Reason
 from gateway.headers import identity_values, reserved_names, safe_value, upstream_headers
+from gateway.http1 import Exchange, RequestHead
 from gateway.metrics import Metrics
 from gateway.paths import Target, normalise_target
 from gateway.policy import decide
-from gateway.proxy import Forwarder, UpstreamError, authority
-from gateway.responses import body_of, denial, is_navigation
+from gateway.responses import body_of, denial, is_navigation, status_of
 from gateway.routes import Route, host_without_port
+from gateway.upstream import Pool, UpstreamFailure, authority
 from gateway.webhooks import DeliveryRecord, event_type, read_headers, secret_bytes
 from gateway.webhooks import verify as verify_webhook
 
 log = logging.getLogger("clerk_gateway")
 access_log = logging.getLogger("clerk_gateway.access")
 
-RETRY_AFTER_S = "5"
+RETRY_AFTER_S = b"5"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +91,7 @@ class Gateway:
         self.config_path = config_path
         self.env = env
         self.metrics = metrics or Metrics()
-        self.forwarder = Forwarder()
+        self.pool = Pool()
         self.keys: KeyCache | None = None
         self._runtime: Runtime | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -121,7 +120,7 @@ class Gateway:
                 await self._watch_task
         if self.keys is not None:
             await self.keys.close()
-        await self.forwarder.close()
+        self.pool.close()
 
     def _key_stats(self) -> KeyCacheStats:
         assert self.keys is not None
@@ -187,7 +186,7 @@ class Gateway:
                 previous, self.keys = self.keys, keys
                 if previous is not None:
                     await previous.close()
-            await self.forwarder.retire(list(new.policy.upstreams.values()))
+            self.pool.retire(list(new.policy.upstreams.values()))
             self.metrics.policy_reloads.labels("success").inc()
             log.info(
                 "policy reloaded", extra={"policy": new.digest, "routes": len(new.policy.routes)}
@@ -215,140 +214,135 @@ class Gateway:
 
     # ---- one request ------------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def limits(self) -> Limits:
+        return self.runtime.policy.limits
+
+    def refused(self, reason: Reason) -> None:
+        """A request the HTTP parser refused (414, 431, malformed): counted, logged."""
+        self.metrics.record("default", "-", "deny", reason.value, status_of(reason), 0.0)
+        access_log.info(
+            "request",
+            extra={"decision": "deny", "reason": reason.value, "status": status_of(reason)},
+        )
+
+    async def handle(self, ex: Exchange) -> None:
         started = time.perf_counter()
         rt = self.runtime
         out = _Outcome()
         self.metrics.in_flight.inc()
         try:
-            return await self._handle(request, rt, out)
+            await self._handle(ex, rt, out)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             route_label = out.route.label if out.route is not None else "default"
             reason = out.reason.value if out.reason is not None else "none"
-            self.metrics.record(route_label, out.access, out.decision, reason, out.status, elapsed)
-            access_log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": out.path,
-                    "route": route_label,
-                    "access": out.access,
-                    "decision": out.decision,
-                    "status": out.status,
-                    "reason": out.reason.value if out.reason else None,
-                    "user_id": out.user_id,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "upstream_status": out.upstream_status,
-                    "upstream_ms": out.upstream_ms,
-                    **(
-                        {"webhook_id": out.webhook_id, "webhook_event": out.webhook_event}
-                        if out.webhook_id
-                        else {}
-                    ),
-                },
-            )
+            status = out.status or (499 if not ex.response_started else ex.status)
+            self.metrics.record(route_label, out.access, out.decision, reason, status, elapsed)
+            extra: dict[str, object] = {
+                "method": ex.head.method,
+                "path": out.path,
+                "route": route_label,
+                "access": out.access,
+                "decision": out.decision,
+                "status": status,
+                "reason": out.reason.value if out.reason else None,
+                "user_id": out.user_id,
+                "duration_ms": round(elapsed * 1000, 3),
+                "upstream_status": out.upstream_status,
+                "upstream_ms": out.upstream_ms,
+            }
+            if out.webhook_id:
+                extra["webhook_id"] = out.webhook_id
+                extra["webhook_event"] = out.webhook_event
+            access_log.info("request", extra=extra)
 
-    async def _handle(
-        self, request: web.BaseRequest, rt: Runtime, out: _Outcome
-    ) -> web.StreamResponse:
+    async def _handle(self, ex: Exchange, rt: Runtime, out: _Outcome) -> None:
         policy = rt.policy
-        limit = self._limit_reason(request, policy)
-        if limit is not None:
-            return self._deny(request, rt, out, limit, navigation=False, original_url="")
-        target = normalise_target(request.raw_path)
+        head = ex.head
+        target = normalise_target(head.target)
         if target is None:
-            return self._deny(
-                request, rt, out, Reason.PATH_AMBIGUOUS, navigation=False, original_url=""
-            )
+            return self._deny(ex, out, Reason.PATH_AMBIGUOUS)
         out.path = target.path
-        host = request.headers.get("Host", "")
-        route = policy.table.match(request.method, host_without_port(host), target.path)
+        host = head.get("host", "") or ""
+        route = policy.table.match(head.method, host_without_port(host), target.path)
         access = route.access if route is not None else policy.default
         out.route, out.access = route, access.value
-        trusted = self._trusted(request, policy)
+        trusted = self._trusted(head, policy)
         if access is Access.DENY:
-            return self._deny(
-                request, rt, out, Reason.ROUTE_DENIED, navigation=False, original_url=""
-            )
+            return self._deny(ex, out, Reason.ROUTE_DENIED)
         if access is Access.WEBHOOK:
-            return await self._webhook(request, rt, out, target, route, trusted)
+            return await self._webhook(ex, rt, out, target, route, trusted)
         outcome: Principal | Reason | None = None
         extracted = extract(
-            request.headers.get("Authorization"),
-            request.cookies,
+            head.get("authorization"),
+            parse_cookies(head.get("cookie")),
             policy.clerk.publishable_key,
             time.time(),
         )
         if extracted.token is not None:
-            outcome = await rt.verifier.verify(extracted.token)
+            outcome = rt.verifier.cached(extracted.token)
+            if outcome is None:
+                outcome = await rt.verifier.verify(extracted.token)
         decision = decide(route, policy.default, outcome)
         if decision.principal is not None:
             out.user_id = decision.principal.user_id
         if not decision.allowed:
             assert decision.reason is not None
+            navigation = is_navigation(head.method, head.get("sec-fetch-dest"), head.get("accept"))
             return self._deny(
-                request,
-                rt,
+                ex,
                 out,
                 decision.reason,
-                navigation=is_navigation(request.method, request.headers),
-                original_url=self._original_url(request, target, trusted),
+                navigation=navigation,
+                original_url=self._original_url(head, target, trusted) if navigation else "",
                 token_given=extracted.token is not None,
             )
-        return await self._forward(request, rt, out, target, route, decision, trusted)
+        identity = (
+            identity_values(decision.principal, policy.identity_headers)
+            if decision.principal is not None
+            else []
+        )
+        return await self._forward(ex, rt, out, target, route, trusted, identity)
 
-    def _limit_reason(self, request: web.BaseRequest, policy: Policy) -> Reason | None:
-        limits = policy.limits
-        line = len(request.method) + len(request.raw_path) + 10  # "M T HTTP/1.1"
-        if line > limits.max_request_line_bytes:
-            return Reason.REQUEST_LINE_TOO_LONG
-        max_header = limits.max_header_bytes
-        for name, value in request.raw_headers:
-            if len(name) + len(value) + 2 > max_header:
-                return Reason.REQUEST_HEADER_TOO_LARGE
-        return None
-
-    def _trusted(self, request: web.BaseRequest, policy: Policy) -> bool:
-        if not policy.trusted_proxies or request.remote is None:
+    def _trusted(self, head: RequestHead, policy: Policy) -> bool:
+        if not policy.trusted_proxies or not head.client_ip:
             return False
         try:
-            ip = ipaddress.ip_address(request.remote)
+            ip = ipaddress.ip_address(head.client_ip)
         except ValueError:
             return False
         return any(ip in net for net in policy.trusted_proxies)
 
-    def _scheme_host(self, request: web.BaseRequest, trusted: bool) -> tuple[str, str]:
-        scheme = "https" if request.secure else "http"
-        host = request.headers.get("Host", "")
+    def _scheme_host(self, head: RequestHead, trusted: bool) -> tuple[str, str]:
+        scheme = "https" if head.secure else "http"
+        host = head.get("host", "") or ""
         if trusted:
-            proto = request.headers.get("X-Forwarded-Proto")
-            fwd_host = request.headers.get("X-Forwarded-Host")
+            proto = head.get("x-forwarded-proto")
+            fwd_host = head.get("x-forwarded-host")
             if proto:
                 scheme = proto.split(",")[0].strip().lower()
             if fwd_host:
                 host = fwd_host.split(",")[0].strip()
         return scheme, host
 
-    def _original_url(self, request: web.BaseRequest, target: Target, trusted: bool) -> str:
-        scheme, host = self._scheme_host(request, trusted)
+    def _original_url(self, head: RequestHead, target: Target, trusted: bool) -> str:
+        scheme, host = self._scheme_host(head, trusted)
         if scheme not in ("http", "https"):
             scheme = "http"
         return f"{scheme}://{host}{target.path_qs}"
 
     def _deny(
         self,
-        request: web.BaseRequest,
-        rt: Runtime,
+        ex: Exchange,
         out: _Outcome,
         reason: Reason,
         *,
-        navigation: bool,
-        original_url: str,
+        navigation: bool = False,
+        original_url: str = "",
         token_given: bool = False,
-    ) -> web.Response:
-        policy = rt.policy
+    ) -> None:
+        policy = self.runtime.policy
         plan = denial(
             reason,
             navigation=navigation,
@@ -357,160 +351,174 @@ class Gateway:
             original_url=original_url,
         )
         out.reason, out.status, out.decision = reason, plan.status, plan.kind
-        headers = {"Cache-Control": "no-store"}
+        headers = [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")]
         if plan.location is not None:
-            headers["Location"] = plan.location
+            headers.append((b"Location", plan.location.encode("latin-1", "replace")))
         if plan.www_authenticate:
-            headers["WWW-Authenticate"] = (
-                'Bearer error="invalid_token"' if token_given else "Bearer"
+            headers.append(
+                (b"WWW-Authenticate", b'Bearer error="invalid_token"' if token_given else b"Bearer")
             )
         if plan.status == 503:
-            headers["Retry-After"] = RETRY_AFTER_S
-        return web.Response(
-            status=plan.status,
-            body=body_of(reason),
-            content_type="application/json",
-            headers=headers,
-        )
+            headers.append((b"Retry-After", RETRY_AFTER_S))
+        ex.reply(plan.status, body_of(reason), headers)
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        ex: Exchange,
         rt: Runtime,
         out: _Outcome,
         target: Target,
         route: Route | None,
-        decision: Decision,
         trusted: bool,
+        identity: list[tuple[str, str]],
         *,
-        extra: list[tuple[str, str]] | None = None,
         body: bytes | None = None,
-    ) -> web.StreamResponse:
+    ) -> None:
         policy = rt.policy
+        head = ex.head
         upstream = policy.upstream_for(route)
-        scheme, _ = self._scheme_host(request, False)
-        identity = (
-            identity_values(decision.principal, policy.identity_headers)
-            if decision.principal is not None
-            else []
-        )
-        host = request.headers.get("Host", "")
-        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        scheme, _ = self._scheme_host(head, False)
+        websocket = head.upgrade and (head.get("upgrade") or "").lower() == "websocket"
         headers = upstream_headers(
-            request.headers.items(),
+            head.headers,
             reserved=rt.reserved,
             trusted_proxy=trusted,
-            client_ip=request.remote or "",
+            client_ip=head.client_ip,
             scheme=scheme,
-            host=host,
-            identity=[*identity, *(extra or [])],
+            host=head.get("host", "") or "",
+            identity=identity,
             host_override=None if upstream.preserve_host else authority(upstream),
-            websocket=websocket,
         )
+        request = request_head(head, upstream.base_path + target.path_qs, headers, body, websocket)
         out.decision = "allow"
         started = time.perf_counter()
         try:
-            if websocket and request.method == "GET":
-                ws = await self.forwarder.websocket(request, upstream, target.path_qs, headers)
-                out.status = out.upstream_status = 101
-                return ws
-            response, status = await self.forwarder.forward(
-                request, upstream, target.path_qs, headers, body=body
-            )
-            out.status = out.upstream_status = status
-            return response
-        except UpstreamError as exc:
-            self.metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
-            if request.transport is None or request.transport.is_closing():
-                out.reason, out.status, out.decision = exc.reason, 499, "allow"
-                raise
-            response = self._deny(request, rt, out, exc.reason, navigation=False, original_url="")
-            out.decision = "allow"  # the policy allowed it; the upstream failed
-            return response
+            for attempt in (1, 2):
+                try:
+                    conn = await (
+                        self.pool.acquire(upstream)
+                        if attempt == 1
+                        else self.pool.connect_fresh(upstream)
+                    )
+                except UpstreamFailure as exc:
+                    return self._upstream_failed(ex, out, upstream, exc)
+                ex.upstream_transport = conn.transport
+                done = conn.begin(ex, request, head_only=head.method == "HEAD")
+                if body is not None:
+                    conn.write_body(body)
+                elif head.has_body:
+                    ex.stream_body(conn.write_body, chunked=head.chunked)
+                try:
+                    result = await done
+                except UpstreamFailure as exc:
+                    # a pooled connection the upstream had just closed: once more, fresh
+                    if exc.retryable and attempt == 1 and (body is not None or not head.has_body):
+                        continue
+                    if ex.response_started:
+                        self.metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
+                        out.reason, out.status = exc.reason, ex.status
+                        ex.conn.abort()  # a truncated body must never look complete
+                        return None
+                    return self._upstream_failed(ex, out, upstream, exc)
+                except asyncio.CancelledError:
+                    conn.abort()
+                    raise
+                out.status = out.upstream_status = result.status
+                return None
         finally:
             out.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
 
+    def _upstream_failed(
+        self, ex: Exchange, out: _Outcome, upstream: Upstream, exc: UpstreamFailure
+    ) -> None:
+        self.metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
+        self._deny(ex, out, exc.reason)
+        out.decision = "allow"  # the policy allowed it; the upstream failed
+
     async def _webhook(
         self,
-        request: web.BaseRequest,
+        ex: Exchange,
         rt: Runtime,
         out: _Outcome,
         target: Target,
         route: Route | None,
         trusted: bool,
-    ) -> web.StreamResponse:
+    ) -> None:
         settings = rt.policy.webhooks
-        headers = read_headers(request.headers)
+        headers = read_headers(ex.head.index)
         if isinstance(headers, Reason):
-            return self._webhook_done(request, rt, out, headers)
+            return self._webhook_done(ex, out, headers)
         out.webhook_id = headers.id[:64] if headers.id.isprintable() else None
-        declared = request.content_length
+        declared = ex.head.content_length
         if declared is not None and declared > settings.max_body_bytes:
-            return self._webhook_done(request, rt, out, Reason.WEBHOOK_BODY_TOO_LARGE)
-        body = await _read_limited(request, settings.max_body_bytes)
+            return self._webhook_done(ex, out, Reason.WEBHOOK_BODY_TOO_LARGE)
+        body = await ex.read_body(settings.max_body_bytes)
         if body is None:
-            return self._webhook_done(request, rt, out, Reason.WEBHOOK_BODY_TOO_LARGE)
+            return self._webhook_done(ex, out, Reason.WEBHOOK_BODY_TOO_LARGE)
         failure = verify_webhook(
             headers, body, rt.webhook_secrets, time.time(), settings.tolerance_s
         )
         if failure is not None:
-            return self._webhook_done(request, rt, out, failure)
+            return self._webhook_done(ex, out, failure)
         kind = event_type(body)
         out.webhook_event = kind
         deliveries = rt.deliveries
         if deliveries.delivered(headers.id):
             self.metrics.webhooks.labels(Reason.WEBHOOK_ALREADY_DELIVERED.value, kind).inc()
-            return self._deny(
-                request,
-                rt,
-                out,
-                Reason.WEBHOOK_ALREADY_DELIVERED,
-                navigation=False,
-                original_url="",
-            )
+            return self._deny(ex, out, Reason.WEBHOOK_ALREADY_DELIVERED)
         if not deliveries.begin(headers.id):
-            return self._webhook_done(request, rt, out, Reason.WEBHOOK_IN_PROGRESS)
+            return self._webhook_done(ex, out, Reason.WEBHOOK_IN_PROGRESS)
         accepted = False
         try:
             extra = [("X-Clerk-Webhook-Verified", "true")]
             if safe_value(kind):
                 extra.append(("X-Clerk-Webhook-Event", kind))
-            response = await self._forward(
-                request,
-                rt,
-                out,
-                target,
-                route,
-                Decision.allow(None),
-                trusted,
-                extra=extra,
-                body=body,
-            )
+            await self._forward(ex, rt, out, target, route, trusted, extra, body=body)
             accepted = 200 <= (out.upstream_status or 0) < 300
             self.metrics.webhooks.labels(
                 "delivered" if accepted else "upstream-rejected", kind
             ).inc()
-            return response
         finally:
             deliveries.finish(headers.id, accepted)
 
-    def _webhook_done(
-        self, request: web.BaseRequest, rt: Runtime, out: _Outcome, reason: Reason
-    ) -> web.Response:
+    def _webhook_done(self, ex: Exchange, out: _Outcome, reason: Reason) -> None:
         self.metrics.webhooks.labels(reason.value, out.webhook_event or "unknown").inc()
-        response = self._deny(request, rt, out, reason, navigation=False, original_url="")
-        if reason is Reason.WEBHOOK_BODY_TOO_LARGE:
-            response.force_close()  # do not read (or linger on) the rest of the body
-        return response
+        self._deny(ex, out, reason)
 
 
-async def _read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
-    """The body, or None as soon as it exceeds `limit` (the rest is never hashed)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def parse_cookies(header: str | None) -> dict[str, str]:
+    """RFC 6265 5.4 cookie-string: `name=value` pairs separated by `;`; first one wins."""
+    cookies: dict[str, str] = {}
+    if not header:
+        return cookies
+    for part in header.split(";"):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if sep and name and name not in cookies:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            cookies[name] = value
+    return cookies
+
+
+def request_head(
+    head: RequestHead,
+    path_qs: str,
+    headers: list[tuple[str, str]],
+    body: bytes | None,
+    websocket: bool,
+) -> bytes:
+    """The request line and headers sent upstream, with the body framing we will use."""
+    lines = [f"{head.method} {path_qs} HTTP/1.1\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    elif head.chunked:
+        lines.append("Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        lines.append(f"Content-Length: {head.content_length}\r\n")
+    if websocket:
+        lines.append("Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace")

@@ -150,7 +150,7 @@ def explain(
     assert decision.reason is not None
     result = denial(
         decision.reason,
-        navigation=is_navigation(method, headers),
+        navigation=is_navigation(method, headers.get("Sec-Fetch-Dest"), headers.get("Accept")),
         sign_in_url=policy.sign_in_url,
         unauthorized_url=policy.unauthorized_url,
         original_url=f"{scheme}://{host_header}{normal.path_qs}",

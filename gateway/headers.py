@@ -116,7 +116,6 @@ def upstream_headers(
     host: str,
     identity: Iterable[tuple[str, str]] = (),
     host_override: str | None = None,
-    websocket: bool = False,
 ) -> list[tuple[str, str]]:
     """Strip first (on every request, whatever the outcome), then inject."""
     items = list(incoming)
@@ -127,8 +126,6 @@ def upstream_headers(
     for name, value in items:
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in listed or is_reserved(name, reserved):
-            continue
-        if websocket and lower in _WEBSOCKET_HANDSHAKE:
             continue
         if lower in FORWARDED_NAMES:
             if trusted_proxy:
@@ -143,8 +140,8 @@ def upstream_headers(
                     continue
                 out.append((name, value))  # `Forwarded` from a trusted proxy
             continue
-        if lower == "host":
-            continue
+        if lower in ("host", "content-length"):
+            continue  # set below / framed by the forwarder itself
         out.append((name, value))
     out.append(("Host", host_override or host))
     out.append(("X-Forwarded-For", ", ".join([*forwarded_for, client_ip])))
@@ -152,10 +149,3 @@ def upstream_headers(
     out.append(("X-Forwarded-Host", forwarded_host or host))
     out.extend(identity)
     return out
-
-
-def response_headers(incoming: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream response headers minus hop-by-hop ones and those `Connection` names."""
-    items = list(incoming)
-    listed = connection_listed(v for k, v in items if k.lower() == "connection")
-    return [(k, v) for k, v in items if k.lower() not in HOP_BY_HOP and k.lower() not in listed]

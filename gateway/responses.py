@@ -7,7 +7,6 @@ bodies are built once at import; a deny costs a dict lookup, not a json.dumps.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -87,14 +86,13 @@ class Denial:
         return self.status == 401
 
 
-def is_navigation(method: str, headers: Mapping[str, str]) -> bool:
+def is_navigation(method: str, sec_fetch_dest: str | None, accept: str | None) -> bool:
     """A browser loading a page, as opposed to an API call (a form POST included)."""
     if method not in ("GET", "HEAD"):
         return False
-    dest = headers.get("Sec-Fetch-Dest")
-    if dest is not None:
-        return dest.strip().lower() in ("document", "iframe")
-    return "text/html" in headers.get("Accept", "").lower()
+    if sec_fetch_dest is not None:
+        return sec_fetch_dest.strip().lower() in ("document", "iframe")
+    return "text/html" in (accept or "").lower()
 
 
 def denial(

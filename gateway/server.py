@@ -15,27 +15,28 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.health import admin_app
+from gateway.http1 import ClientConnection, ConnectionTracker
 from gateway.logs import configure
 from gateway.settings import Address, Settings
 
 log = logging.getLogger("clerk_gateway")
 
-# aiohttp's own parser limits are a hard cap above the policy's limits, which the handler
-# enforces with 414/431 (and which a reload can change).
-PARSER_CAP = 65_536
-
 
 @dataclass
 class Listeners:
     gateway: Gateway
-    public: web.BaseRunner
+    public: asyncio.Server
+    tracker: ConnectionTracker
     admin: web.BaseRunner
     public_address: Address
     admin_address: Address
+    drain_timeout_s: float = 30.0
 
     async def close(self) -> None:
-        # stop accepting on both ports, drain in-flight requests (up to shutdown_timeout)
-        await self.public.cleanup()
+        # stop accepting on the public port, drain in-flight requests (bounded), then admin
+        self.public.close()
+        await self.tracker.drain(self.drain_timeout_s)
+        await self.public.wait_closed()
         await self.admin.cleanup()
         await self.gateway.close()
 
@@ -49,19 +50,15 @@ async def start(
     reuse_port: bool = False,
 ) -> Listeners:
     await gateway.start()
-    limits = gateway.runtime.policy.limits
-    server = web.Server(
-        gateway.handle,
-        handler_cancellation=True,  # a client that goes away cancels the upstream request
-        max_line_size=max(PARSER_CAP, limits.max_request_line_bytes),
-        max_field_size=max(PARSER_CAP, limits.max_header_bytes),
-        auto_decompress=False,  # bodies pass byte for byte
-        access_log=None,
+    loop = asyncio.get_running_loop()
+    tracker = ConnectionTracker(on_refused=gateway.refused)
+    public = await loop.create_server(
+        lambda: ClientConnection(gateway.handle, gateway.limits, tracker),
+        listen.host,
+        listen.port,
+        reuse_port=reuse_port or None,
+        backlog=1024,
     )
-    public = web.ServerRunner(server, shutdown_timeout=drain_timeout_s)
-    await public.setup()
-    site = web.TCPSite(public, listen.host, listen.port, reuse_port=reuse_port or None)
-    await site.start()
     admin = web.AppRunner(
         admin_app(gateway.ready, gateway.metrics), access_log=None, shutdown_timeout=1.0
     )
@@ -70,7 +67,16 @@ async def start(
         admin, admin_listen.host, admin_listen.port, reuse_port=reuse_port or None
     )
     await admin_site.start()
-    return Listeners(gateway, public, admin, _bound(public, listen), _bound(admin, admin_listen))
+    public_port = int(public.sockets[0].getsockname()[1])
+    return Listeners(
+        gateway,
+        public,
+        tracker,
+        admin,
+        Address(listen.host, public_port),
+        _bound(admin, admin_listen),
+        drain_timeout_s,
+    )
 
 
 def _bound(runner: web.BaseRunner, wanted: Address) -> Address:

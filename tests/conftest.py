@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -15,6 +18,21 @@ def rsa_keys(n: int) -> list[rsa.RSAPrivateKey]:
     while len(_POOL) < n:
         _POOL.append(new_rsa_key())
     return _POOL[:n]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test on plain asyncio and on uvloop (what `clerk-gateway run` uses)."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    try:
+        import uvloop
+    except ImportError:
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 @pytest.fixture

@@ -89,6 +89,15 @@ class SessionVerifier:
         )
         self.verifications = 0  # full (RSA) verifications performed, for tests and metrics
 
+    def cached(self, token: str) -> Principal | Reason | None:
+        """A verified token's principal straight from the cache (the hot path: no await)."""
+        if self._verified is None:
+            return None
+        hit = self._verified.get(token)
+        if hit is None or self._clock() * 1000 >= hit.expires_ms or not self.keys.known(hit.kid):
+            return None  # verify() decides, and drops what has gone stale
+        return hit.principal
+
     async def verify(self, token: str) -> Principal | Reason:
         now_ms = self._clock() * 1000
         if self._verified is not None:
