@@ -231,8 +231,8 @@ class Result:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
 def wrk(
@@ -344,8 +344,9 @@ def streamed_body_rss(
 def servers(
     workdir: Path, clerk: DevClerk, *, workers: int
 ) -> Iterator[tuple[Server, Server, Server]]:
+    workdir.mkdir(mode=0o755)
     big = workdir / "big"
-    big.mkdir(parents=True)
+    big.mkdir(mode=0o755)
     with (big / "1m").open("wb") as f:
         f.write(os.urandom(1 << 20))
     with (big / "1g").open("wb") as f:
@@ -393,6 +394,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="clerk-gateway-bench-") as tmp:
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # nginx workers (not root) serve files from here
         print(f"minting {args.tokens} tokens for the cache-miss run ...", flush=True)
         tokens = workdir / "tokens.txt"
         tokens.write_text(

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from gateway.accesslog import AccessLog
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
 from gateway.clerk.tokens import extract
 from gateway.clerk.verifier import SessionVerifier
@@ -36,7 +37,6 @@ from gateway.webhooks import DeliveryRecord, event_type, read_headers, secret_by
 from gateway.webhooks import verify as verify_webhook
 
 log = logging.getLogger("clerk_gateway")
-access_log = logging.getLogger("clerk_gateway.access")
 
 RETRY_AFTER_S = b"5"
 
@@ -91,6 +91,7 @@ class Gateway:
         self.config_path = config_path
         self.env = env
         self.metrics = metrics or Metrics()
+        self.access_log = AccessLog()
         self.pool = Pool()
         self.keys: KeyCache | None = None
         self._runtime: Runtime | None = None
@@ -121,6 +122,7 @@ class Gateway:
         if self.keys is not None:
             await self.keys.close()
         self.pool.close()
+        self.access_log.flush()
 
     def _key_stats(self) -> KeyCacheStats:
         assert self.keys is not None
@@ -220,9 +222,8 @@ class Gateway:
     def refused(self, reason: Reason) -> None:
         """A request the HTTP parser refused (414, 431, malformed): counted, logged."""
         self.metrics.record("default", "-", "deny", reason.value, status_of(reason), 0.0)
-        access_log.info(
-            "request",
-            extra={"decision": "deny", "reason": reason.value, "status": status_of(reason)},
+        self.access_log.record(
+            {"decision": "deny", "reason": reason.value, "status": status_of(reason)}
         )
 
     async def handle(self, ex: Exchange) -> None:
@@ -255,7 +256,7 @@ class Gateway:
             if out.webhook_id:
                 extra["webhook_id"] = out.webhook_id
                 extra["webhook_event"] = out.webhook_event
-            access_log.info("request", extra=extra)
+            self.access_log.record(extra)
 
     async def _handle(self, ex: Exchange, rt: Runtime, out: _Outcome) -> None:
         policy = rt.policy
@@ -283,7 +284,7 @@ class Gateway:
         if extracted.token is not None:
             outcome = rt.verifier.cached(extracted.token)
             if outcome is None:
-                outcome = await rt.verifier.verify(extracted.token)
+                outcome = await rt.verifier.verify_uncached(extracted.token)
         decision = decide(route, policy.default, outcome)
         if decision.principal is not None:
             out.user_id = decision.principal.user_id

@@ -104,6 +104,7 @@ async def launch(ports: Ports, *, data_dir: str, config: str | None = None) -> D
         "APP_ORIGIN": origin,
     }
     gateway = Gateway(config or str(ROOT / "config" / "routes.yaml"), env=env)
+    gateway.access_log.enabled = False  # keep the walkthrough and the curl lines readable
     listeners = await start(gateway, Address(HOST, ports.gateway), Address(HOST, ports.admin))
     assert gateway.keys is not None
     await gateway.keys.wait_ready(10)
@@ -284,11 +285,6 @@ async def main(port: int, check_only: bool, ready: Callable[[Demo], None] | None
 
 def run_demo(port: int, check_only: bool = False) -> int:
     configure()
-    import logging
-
-    logging.getLogger("clerk_gateway.access").setLevel(
-        logging.WARNING if not check_only else logging.ERROR
-    )
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(main(port, check_only))
     return 0
