@@ -230,6 +230,16 @@ class Result:
     non2xx: int
 
 
+def _percentile(out: str, which: str) -> float:
+    match = re.search(rf"{which}\s+([\d.]+(?:us|ms|s|m))\b", out)
+    if match is None:
+        print(
+            f"    (wrk printed no {which} latency:)\n" + textwrap.indent(out, "    | "), flush=True
+        )
+        return float("nan")
+    return _ms(match.group(1))
+
+
 def _ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
@@ -269,8 +279,7 @@ def wrk(
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50, p99 = _percentile(out, "50%"), _percentile(out, "99%")
     cpu_us = ticks / CLK_TCK * 1e6 / max(requests, 1)
     return Result(
         rps, p50, p99, cpu_us, requests, int(non2xx_match.group(1)) if non2xx_match else 0

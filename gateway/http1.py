@@ -227,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused = False
         self._writing_paused = False
         self._tunnel: asyncio.Transport | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time the connection last became idle; 0: busy
         self._closing = False
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
@@ -482,15 +482,13 @@ class ClientConnection(asyncio.Protocol):
     def busy(self) -> bool:
         return self._active is not None
 
+    # Idle keep-alive connections are closed by the tracker's sweeper, not by a timer per
+    # request.
     def _arm_idle(self) -> None:
-        self._cancel_idle()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(IDLE_TIMEOUT_S, self.close)
+        self.idle_since = asyncio.get_running_loop().time()
 
     def _cancel_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self.idle_since = 0.0
 
 
 @dataclass
@@ -499,9 +497,20 @@ class ConnectionTracker:
 
     connections: set[ClientConnection] = field(default_factory=set)
     on_refused: Callable[[Reason], None] | None = None
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    _sweeper: asyncio.Task[None] | None = None
 
     def add(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while self.connections:
+            await asyncio.sleep(min(5.0, self.idle_timeout_s / 2))
+            cutoff = asyncio.get_running_loop().time() - self.idle_timeout_s
+            for conn in [c for c in self.connections if 0.0 < c.idle_since <= cutoff]:
+                conn.close()
 
     def discard(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
@@ -523,3 +532,5 @@ class ConnectionTracker:
                     await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()

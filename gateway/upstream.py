@@ -35,6 +35,7 @@ HOP_BY_HOP = frozenset(
 )
 MAX_RESPONSE_HEAD = 65_536
 IDLE_PER_UPSTREAM = 256
+SWEEP_INTERVAL_S = 0.1
 
 
 class UpstreamFailure(Exception):
@@ -82,7 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._started = False  # a response byte reached the client
         self._complete = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time after which a waiting exchange times out; 0: idle
         self._writable = asyncio.Event()
         self._writable.set()
         self._reused = False
@@ -274,17 +275,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._done.set_exception(error)
         self._sink = None
 
+    # Read timeouts are deadlines checked by the pool's sweeper a few times a second: a
+    # float assignment per read instead of a timer handle created and cancelled per read.
     def _arm_timer(self) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(self.upstream.read_timeout_s, self._timed_out)
+        self.deadline = self.loop.time() + self.upstream.read_timeout_s
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        self.deadline = 0.0
         self._fail(UpstreamFailure(Reason.UPSTREAM_TIMEOUT, "timeout"))
         self.close()
 
@@ -309,6 +309,14 @@ class Pool:
     def __init__(self) -> None:
         self._idle: dict[Upstream, deque[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = asyncio.get_running_loop().time()
+            for conn in [c for c in self._all if 0.0 < c.deadline <= now]:
+                conn.timed_out()
 
     async def acquire(self, upstream: Upstream) -> UpstreamConnection:
         idle = self._idle.get(upstream)
@@ -339,6 +347,8 @@ class Pool:
         except OSError:
             raise UpstreamFailure(Reason.UPSTREAM_UNREACHABLE, "connect") from None
         self._all.add(conn)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="upstream-timeouts")
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -361,6 +371,9 @@ class Pool:
                 conn.close()
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             conn.close()
         self._idle.clear()
