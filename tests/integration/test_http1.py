@@ -1,0 +1,168 @@
+"""The HTTP/1.1 engine on raw sockets: strictness against smuggling, framing, keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.integration.conftest import LOOPBACK, Running, raw_request
+
+SMUGGLING = [
+    (
+        "Content-Length and Transfer-Encoding",
+        b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "duplicate Content-Length",
+        b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    ),
+    (
+        "invalid chunk size",
+        b"POST /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    ),
+    ("obs-fold", b"GET /public/x HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n"),
+    (
+        "a transfer-coding other than chunked",
+        b"POST /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    ),
+    ("bare LF line endings", b"GET /public/x HTTP/1.1\nHost: a\n\n"),
+    ("space in a header name", b"GET /public/x HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n"),
+    (
+        "negative Content-Length",
+        b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+    ),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(("description", "data"), SMUGGLING, ids=[s[0] for s in SMUGGLING])
+async def test_ambiguous_framing_is_refused_and_never_forwarded(
+    gw: Running, description: str, data: bytes
+) -> None:
+    status, headers, body = await raw_request(gw.port, data)
+    assert status == 400, description
+    assert json.loads(body)["reason"] == "request-malformed"
+    assert headers["connection"] == "close"
+    assert gw.upstream.requests == []
+
+
+async def test_keep_alive_and_pipelining(gw: Running) -> None:
+    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
+    try:
+        writer.write(
+            b"GET /public/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /public/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        await writer.drain()
+        seen = []
+        async with asyncio.timeout(10):
+            for _ in range(3):
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                length = int(
+                    next(
+                        line.split(":")[1]
+                        for line in head.split("\r\n")
+                        if line.lower().startswith("content-length")
+                    )
+                )
+                body = await reader.readexactly(length)
+                seen.append((head.split(" ")[1], body))
+        assert [s for s, _ in seen] == ["200", "200", "401"]
+        assert [json.loads(b)["raw_path"] for _, b in seen[:2]] == ["/public/1", "/public/2"]
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_http_1_0_gets_a_closed_connection(gw: Running) -> None:
+    status, headers, _ = await raw_request(gw.port, b"GET /public/x HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert status == 200
+    assert headers["connection"] == "close"
+
+
+async def test_head_has_no_body(gw: Running) -> None:
+    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
+    try:
+        writer.write(
+            b"HEAD /public/x HTTP/1.1\r\nHost: a\r\n\r\nGET /public/y HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            first = await reader.readuntil(b"\r\n\r\n")
+            second = await reader.readuntil(b"\r\n\r\n")  # straight after: HEAD sent no body
+        assert first.startswith(b"HTTP/1.1 200")
+        assert second.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_informational_and_streamed_upstream_responses(gw: Running) -> None:
+    async def raw_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Up: 1\r\n\r\nclose-delimited body"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(raw_upstream, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    text = gw.policy_path.read_text().replace(
+        "url: http://127.0.0.1:9\n", f"url: http://127.0.0.1:{port}\n"
+    )
+    gw.policy_path.write_text(text)
+    assert await gw.gateway.reload()
+    try:
+        r = await gw.get("/dead/x")
+        assert r.status == 200
+        assert r.headers["X-Up"] == "1"
+        assert await r.read() == b"close-delimited body"
+        assert r.headers.get("Transfer-Encoding") == "chunked"  # re-framed for keep-alive
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stale_pooled_connection_is_retried_once(gw: Running) -> None:
+    # The upstream closes idle keep-alive connections; the next request must not fail.
+    for _ in range(3):
+        assert (await gw.get("/public/x")).status == 200
+        for conn in list(gw.gateway.pool._all):
+            if conn.transport is not None and conn.deadline == 0.0:
+                conn.transport.close()  # as if the upstream had timed it out
+        await asyncio.sleep(0.05)
+    assert (await gw.get("/public/x")).status == 200
+
+
+async def test_unread_request_body_on_a_denial_closes_the_connection(gw: Running) -> None:
+    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
+    try:
+        writer.write(
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401")
+        assert b"Connection: close" in head
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_upstream_response_headers_are_filtered(gw: Running) -> None:
+    r = await gw.get("/public/x")
+    assert "X-Secret-Hop" not in r.headers  # named in the upstream's Connection header
+    assert r.headers["Set-Cookie"] == "a=1"
+
+
+async def test_too_many_headers_is_431(gw: Running) -> None:
+    data = (
+        b"GET /public/x HTTP/1.1\r\nHost: a\r\n"
+        + b"".join(b"X-%d: v\r\n" % i for i in range(200))
+        + b"\r\n"
+    )
+    status, _, body = await raw_request(gw.port, data)
+    assert (status, json.loads(body)["reason"]) == (431, "request-header-too-large")
