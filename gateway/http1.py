@@ -88,7 +88,11 @@ class Exchange:
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > BODY_BUFFER:
+        waiter = self._body_waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)  # read_body() re-checks its limit on every chunk
+        elif self._buffered > BODY_BUFFER:
             self.conn.pause_reading()
 
     def end_body(self) -> None:
@@ -106,6 +110,7 @@ class Exchange:
             self._body_waiter = asyncio.get_running_loop().create_future()
             self.conn.resume_reading()
             await self._body_waiter
+        self._body_waiter = None
         if self._buffered > limit:
             return None
         body = b"".join(self._chunks)

@@ -19,20 +19,9 @@ import httptools
 
 from gateway.config import Upstream
 from gateway.decision import Reason
+from gateway.headers import HOP_BY_HOP as HOP_BY_HOP_NAMES
 
-HOP_BY_HOP = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-)
+HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP_NAMES)
 MAX_RESPONSE_HEAD = 65_536
 IDLE_PER_UPSTREAM = 256
 SWEEP_INTERVAL_S = 0.1

@@ -135,3 +135,20 @@ async def test_webhook_get_is_not_the_webhook_route(gw: Running) -> None:
         gw.port, b"GET /api/webhooks/clerk HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     )
     assert status == 401  # methods: [POST]; a GET falls to the default (protected)
+
+
+async def test_a_large_webhook_within_its_limit_is_delivered(gw: Running) -> None:
+    text = gw.policy_path.read_text().replace("max_body_bytes: 65536", "max_body_bytes: 2097152")
+    gw.policy_path.write_text(text)
+    assert await gw.gateway.reload()
+    event = gw.clerk.user_event("user.updated", blob="y" * 1_000_000)
+    headers, body = gw.clerk.signed_webhook(event)
+
+    async def slowly():  # type: ignore[no-untyped-def]
+        for i in range(0, len(body), 50_000):
+            yield body[i : i + 50_000]
+
+    r = await gw.request("POST", "/api/webhooks/clerk", headers=headers, data=slowly())
+    assert r.status == 200
+    (delivered,) = webhook_requests(gw)
+    assert len(delivered["body"]) == len(body)  # type: ignore[arg-type]
