@@ -1,23 +1,23 @@
-"""aiohttp wiring: the public listener's catch-all handler, the admin listener, reloads.
+"""The gateway: one request from its parsed head to a response, and policy reloads.
 
-One request: normalise the target once, match, verify (only if the route needs it or a
-token is offered), decide, then either answer from responses.py or strip-then-inject the
-headers and forward. Every path through `handle` ends in one metrics call and one JSON
-log line labelled with the same reason code the client sees.
+One request: normalise the target once, match, verify (when a token is offered: the
+cache answers without an await), decide, then either answer from responses.py or
+strip-then-inject the headers and forward. Every path through `handle` ends in one
+metrics call and one JSON log line labelled with the same reason code the client sees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
+from functools import partial
+from typing import Any
 
 from gateway.accesslog import AccessLog
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
@@ -39,6 +39,7 @@ from gateway.webhooks import verify as verify_webhook
 log = logging.getLogger("clerk_gateway")
 
 RETRY_AFTER_S = b"5"
+Continuation = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,19 @@ class Runtime:
     webhook_secrets: tuple[bytes, ...]
     deliveries: DeliveryRecord
     digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request's facts, carried across the await of a key fetch."""
+
+    ex: Exchange
+    rt: Runtime
+    out: _Outcome
+    target: Target
+    route: Route | None
+    trusted: bool
+    token_given: bool
 
 
 @dataclass(slots=True)
@@ -137,14 +151,13 @@ class Gateway:
 
     def _build(self, policy: Policy, keys: KeyCache) -> Runtime:
         secrets = tuple(secret_bytes(s) for s in policy.webhooks.secrets)
-        text = Path(self.config_path).read_bytes() if Path(self.config_path).exists() else b""
         return Runtime(
             policy=policy,
             verifier=SessionVerifier(policy.clerk, keys, policy.role_claim),
             reserved=reserved_names(policy.identity_headers),
             webhook_secrets=secrets,
             deliveries=DeliveryRecord(policy.webhooks.remember_s),
-            digest=hashlib.sha256(text).hexdigest()[:12],
+            digest=policy.digest,
         )
 
     @property
@@ -226,44 +239,66 @@ class Gateway:
             {"decision": "deny", "reason": reason.value, "status": status_of(reason)}
         )
 
-    async def handle(self, ex: Exchange) -> None:
+    def handle(self, ex: Exchange) -> Continuation | None:
+        """Decide synchronously where no I/O is needed (every denial, cached or absent
+        tokens); else return what to run next (forwarding, key fetches, webhooks).
+
+        What comes back is a function, not a coroutine: the connection runs it in a task,
+        and a task cancelled before it starts then leaves nothing half-created behind."""
         started = time.perf_counter()
         rt = self.runtime
         out = _Outcome()
+        try:
+            then = self._handle(ex, rt, out)
+        except BaseException:
+            self._record(ex, out, started)
+            raise
+        if then is None:
+            self._record(ex, out, started)
+            return None
+        return partial(self._complete, then, ex, out, started)
+
+    async def _complete(
+        self, then: Continuation, ex: Exchange, out: _Outcome, started: float
+    ) -> None:
         self.metrics.in_flight.inc()
         try:
-            await self._handle(ex, rt, out)
+            await then()
         finally:
             self.metrics.in_flight.dec()
-            elapsed = time.perf_counter() - started
-            route_label = out.route.label if out.route is not None else "default"
-            reason = out.reason.value if out.reason is not None else "none"
-            status = out.status or (499 if not ex.response_started else ex.status)
-            self.metrics.record(route_label, out.access, out.decision, reason, status, elapsed)
-            extra: dict[str, object] = {
-                "method": ex.head.method,
-                "path": out.path,
-                "route": route_label,
-                "access": out.access,
-                "decision": out.decision,
-                "status": status,
-                "reason": out.reason.value if out.reason else None,
-                "user_id": out.user_id,
-                "duration_ms": round(elapsed * 1000, 3),
-                "upstream_status": out.upstream_status,
-                "upstream_ms": out.upstream_ms,
-            }
-            if out.webhook_id:
-                extra["webhook_id"] = out.webhook_id
-                extra["webhook_event"] = out.webhook_event
-            self.access_log.record(extra)
+            self._record(ex, out, started)
 
-    async def _handle(self, ex: Exchange, rt: Runtime, out: _Outcome) -> None:
+    def _record(self, ex: Exchange, out: _Outcome, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        route_label = out.route.label if out.route is not None else "default"
+        reason = out.reason.value if out.reason is not None else "none"
+        status = out.status or (499 if not ex.response_started else ex.status)
+        self.metrics.record(route_label, out.access, out.decision, reason, status, elapsed)
+        extra: dict[str, object] = {
+            "method": ex.head.method,
+            "path": out.path,
+            "route": route_label,
+            "access": out.access,
+            "decision": out.decision,
+            "status": status,
+            "reason": out.reason.value if out.reason else None,
+            "user_id": out.user_id,
+            "duration_ms": round(elapsed * 1000, 3),
+            "upstream_status": out.upstream_status,
+            "upstream_ms": out.upstream_ms,
+        }
+        if out.webhook_id:
+            extra["webhook_id"] = out.webhook_id
+            extra["webhook_event"] = out.webhook_event
+        self.access_log.record(extra)
+
+    def _handle(self, ex: Exchange, rt: Runtime, out: _Outcome) -> Continuation | None:
         policy = rt.policy
         head = ex.head
         target = normalise_target(head.target)
         if target is None:
-            return self._deny(ex, out, Reason.PATH_AMBIGUOUS)
+            self._deny(ex, out, Reason.PATH_AMBIGUOUS)
+            return None
         out.path = target.path
         host = head.get("host", "") or ""
         route = policy.table.match(head.method, host_without_port(host), target.path)
@@ -271,40 +306,61 @@ class Gateway:
         out.route, out.access = route, access.value
         trusted = self._trusted(head, policy)
         if access is Access.DENY:
-            return self._deny(ex, out, Reason.ROUTE_DENIED)
+            self._deny(ex, out, Reason.ROUTE_DENIED)
+            return None
         if access is Access.WEBHOOK:
-            return await self._webhook(ex, rt, out, target, route, trusted)
-        outcome: Principal | Reason | None = None
-        extracted = extract(
+            return partial(self._webhook, ex, rt, out, target, route, trusted)
+        token = extract(
             head.get("authorization"),
             parse_cookies(head.get("cookie")),
             policy.clerk.publishable_key,
             time.time(),
-        )
-        if extracted.token is not None:
-            outcome = rt.verifier.cached(extracted.token)
-            if outcome is None:
-                outcome = await rt.verifier.verify_uncached(extracted.token)
-        decision = decide(route, policy.default, outcome)
+        ).token
+        request = _Request(ex, rt, out, target, route, trusted, token is not None)
+        if token is None:
+            return self._decided(request, None)
+        outcome = rt.verifier.cached(token)
+        if outcome is None:
+            return partial(self._verify_then_decide, request, token)
+        return self._decided(request, outcome)
+
+    async def _verify_then_decide(self, request: _Request, token: str) -> None:
+        then = self._decided(request, await request.rt.verifier.verify_uncached(token))
+        if then is not None:
+            await then()
+
+    def _decided(
+        self, request: _Request, outcome: Principal | Reason | None
+    ) -> Continuation | None:
+        ex, rt, out = request.ex, request.rt, request.out
+        policy = rt.policy
+        decision = decide(request.route, policy.default, outcome)
         if decision.principal is not None:
             out.user_id = decision.principal.user_id
         if not decision.allowed:
             assert decision.reason is not None
+            head = ex.head
             navigation = is_navigation(head.method, head.get("sec-fetch-dest"), head.get("accept"))
-            return self._deny(
+            original = (
+                self._original_url(head, request.target, request.trusted) if navigation else ""
+            )
+            self._deny(
                 ex,
                 out,
                 decision.reason,
                 navigation=navigation,
-                original_url=self._original_url(head, target, trusted) if navigation else "",
-                token_given=extracted.token is not None,
+                original_url=original,
+                token_given=request.token_given,
             )
+            return None
         identity = (
             identity_values(decision.principal, policy.identity_headers)
             if decision.principal is not None
             else []
         )
-        return await self._forward(ex, rt, out, target, route, trusted, identity)
+        return partial(
+            self._forward, ex, rt, out, request.target, request.route, request.trusted, identity
+        )
 
     def _trusted(self, head: RequestHead, policy: Policy) -> bool:
         if not policy.trusted_proxies or not head.client_ip:

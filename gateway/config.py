@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import ipaddress
 import os
 from collections.abc import Collection, Mapping
@@ -147,6 +148,7 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     identity_headers: IdentityHeaders = field(default_factory=IdentityHeaders)
     warnings: tuple[Problem, ...] = ()
+    digest: str = ""  # of the file's text: names the running policy in logs
 
     def upstream_for(self, route: Route | None) -> Upstream:
         return self.upstreams[route.upstream if route is not None else "default"]
@@ -190,12 +192,9 @@ def parse_policy(
         return LoadResult(None, tuple(problems))
     if policy is not None:
         warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
-        policy = _with_warnings(policy, warnings)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        policy = replace(policy, warnings=warnings, digest=digest)
     return LoadResult(policy, tuple(problems))
-
-
-def _with_warnings(policy: Policy, warnings: tuple[Problem, ...]) -> Policy:
-    return replace(policy, warnings=warnings)
 
 
 def _under(url: str, base: str) -> bool:

@@ -203,7 +203,8 @@ class Exchange:
         self.response_end()
 
 
-Handler = Callable[[Exchange], Coroutine[Any, Any, None]]
+# Handles an exchange: None when it is already answered, else what to run in a task.
+Handler = Callable[[Exchange], Callable[[], Coroutine[Any, Any, None]] | None]
 
 
 class ClientConnection(asyncio.Protocol):
@@ -375,24 +376,35 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self._active = exchange
-        self._task = asyncio.ensure_future(self._run(exchange))
-
-    async def _run(self, exchange: Exchange) -> None:
         try:
-            await self.handler(exchange)
+            then = self.handler(exchange)
+        except Exception:
+            self._crashed(exchange)
+            raise
+        if then is None:
+            self._finished(exchange)  # answered without any I/O: no task needed
+        else:
+            self._task = asyncio.ensure_future(self._run(exchange, then))
+
+    async def _run(self, exchange: Exchange, then: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await then()
         except asyncio.CancelledError:
             self.abort()
             raise
         except Exception:
-            if not exchange.response_started:
-                exchange.reply(
-                    500,
-                    b'{"error": "internal", "reason": "internal-error"}',
-                    [(b"Content-Type", b"application/json")],
-                )
-            self.abort()
+            self._crashed(exchange)
             raise
         self._finished(exchange)
+
+    def _crashed(self, exchange: Exchange) -> None:
+        if not exchange.response_started:
+            exchange.reply(
+                500,
+                b'{"error": "internal", "reason": "internal-error"}',
+                [(b"Content-Type", b"application/json")],
+            )
+        self.abort()
 
     def _finished(self, exchange: Exchange) -> None:
         if self._tunnel is not None:

@@ -97,44 +97,13 @@ async def test_sigterm_drains_an_in_flight_request(
             await proc.wait()
 
 
-async def test_run_refuses_an_invalid_policy(tmp_path: Path) -> None:
-    policy = tmp_path / "routes.yaml"
-    policy.write_text("upstream: http://127.0.0.1:1\nroutes:\n  - {path: /x, access: maybe}\n")
+async def refused_start(tmp_path: Path, policy: str, env: dict[str, str] | None = None) -> str:
+    """Start `clerk-gateway run` on a policy it must refuse; its stderr."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(policy)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "run",
-        "--config",
-        str(policy),
-        "--listen",
-        f"{LOOPBACK}:0",
-        "--admin-listen",
-        f"{LOOPBACK}:0",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    assert "routes[0].access: unknown access 'maybe'" in err.decode()
-
-
-async def test_run_names_an_unset_variable(tmp_path: Path) -> None:
-    policy = tmp_path / "routes.yaml"
-    policy.write_text("clerk:\n  secret_key: ${NOT_SET_ANYWHERE}\nupstream: http://127.0.0.1:1\n")
-    env = {k: v for k, v in os.environ.items() if k != "NOT_SET_ANYWHERE"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "run",
-        "--config",
-        str(policy),
-        "--listen",
-        f"{LOOPBACK}:0",
-        "--admin-listen",
-        f"{LOOPBACK}:0",
+        *(sys.executable, "-m", "gateway", "run", "--config", str(path)),
+        *("--listen", f"{LOOPBACK}:0", "--admin-listen", f"{LOOPBACK}:0"),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -142,7 +111,18 @@ async def test_run_names_an_unset_variable(tmp_path: Path) -> None:
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
-    assert "${NOT_SET_ANYWHERE} is not set" in err.decode()
+    return err.decode()
+
+
+async def test_run_refuses_an_invalid_policy(tmp_path: Path) -> None:
+    policy = "upstream: http://127.0.0.1:1\nroutes:\n  - {path: /x, access: maybe}\n"
+    assert "routes[0].access: unknown access 'maybe'" in await refused_start(tmp_path, policy)
+
+
+async def test_run_names_an_unset_variable(tmp_path: Path) -> None:
+    policy = "clerk:\n  secret_key: ${NOT_SET_ANYWHERE}\nupstream: http://127.0.0.1:1\n"
+    env = {k: v for k, v in os.environ.items() if k != "NOT_SET_ANYWHERE"}
+    assert "${NOT_SET_ANYWHERE} is not set" in await refused_start(tmp_path, policy, env)
 
 
 async def test_demo_walkthrough_passes() -> None:
