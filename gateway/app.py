@@ -460,11 +460,14 @@ class Gateway:
                 except UpstreamFailure as exc:
                     return self._upstream_failed(ex, out, upstream, exc)
                 ex.upstream_transport = conn.transport
-                done = conn.begin(ex, request, head_only=head.method == "HEAD")
+                streamed = body is None and head.has_body
+                done = conn.begin(
+                    ex, request, head_only=head.method == "HEAD", body_pending=streamed
+                )
                 if body is not None:
                     conn.write_body(body)
-                elif head.has_body:
-                    ex.stream_body(conn.write_body, chunked=head.chunked)
+                elif streamed:
+                    ex.stream_body(conn.write_body, head.chunked, conn.body_sent)
                 try:
                     result = await done
                 except UpstreamFailure as exc:

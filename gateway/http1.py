@@ -117,13 +117,17 @@ class Exchange:
         self._chunks = []
         return body
 
-    def stream_body(self, write: Callable[[bytes], None], chunked: bool) -> None:
-        """From now on, body bytes go to `write` (framed as chunks when `chunked`)."""
+    def stream_body(
+        self, write: Callable[[bytes], None], chunked: bool, sent: Callable[[], None]
+    ) -> None:
+        """From now on, body bytes go to `write` (framed as chunks when `chunked`);
+        `sent` is called once the whole body has been written."""
         sink: Callable[[bytes], None] = write
 
         def end() -> None:
             if chunked:
                 write(b"0\r\n\r\n")
+            sent()
 
         if chunked:
 

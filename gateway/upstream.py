@@ -73,10 +73,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._started = False  # a response byte reached the client
         self._complete = False
         self.deadline = 0.0  # loop time after which a waiting exchange times out; 0: idle
-        self._writable = asyncio.Event()
-        self._writable.set()
         self._reused = False
         self._close_delimited = False
+        self._body_pending = False
         self._reason = b""
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
@@ -89,7 +88,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self._cancel_timer()
         self.pool.forget(self)
-        self._writable.set()
         if self._done is not None and not self._done.done():
             if self._started and not self._complete and self._close_delimited:
                 self._message_complete()  # a body without length ends with the connection
@@ -101,12 +99,10 @@ class UpstreamConnection(asyncio.Protocol):
                 )
 
     def pause_writing(self) -> None:
-        self._writable.clear()
         if self._sink is not None:
             self._sink.pause_client_reading()
 
     def resume_writing(self) -> None:
-        self._writable.set()
         if self._sink is not None:
             self._sink.resume_client_reading()
 
@@ -197,10 +193,12 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- one exchange -----------------------------------------------------------------------
 
     def begin(
-        self, sink: ResponseSink, head: bytes, *, head_only: bool
+        self, sink: ResponseSink, head: bytes, *, head_only: bool, body_pending: bool = False
     ) -> asyncio.Future[ExchangeResult]:
+        """Send a request head; `body_pending`: body bytes follow until `body_sent()`."""
         assert self.transport is not None
         self._sink = sink
+        self._body_pending = body_pending
         self._done = self.loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
@@ -219,15 +217,18 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(chunk)
 
-    @property
-    def writable(self) -> asyncio.Event:
-        return self._writable
+    def body_sent(self) -> None:
+        self._body_pending = False
 
     def _message_complete(self) -> None:
         self._complete = True
         self._cancel_timer()
         sink, done = self._sink, self._done
-        keep = self._parser is not None and self._parser.should_keep_alive()
+        # A response that arrives before the whole request body was sent (an early 413,
+        # say) leaves the connection mid-request: it must never carry another exchange.
+        keep = (
+            self._parser is not None and self._parser.should_keep_alive() and not self._body_pending
+        )
         self._sink = None
         self._parser = None
         if sink is not None:

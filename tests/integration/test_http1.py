@@ -166,3 +166,55 @@ async def test_too_many_headers_is_431(gw: Running) -> None:
     )
     status, _, body = await raw_request(gw.port, data)
     assert (status, json.loads(body)["reason"]) == (431, "request-header-too-large")
+
+
+async def test_an_early_response_never_leaves_a_half_sent_body_in_the_pool(gw: Running) -> None:
+    received: list[bytearray] = []  # everything each upstream connection was sent
+
+    async def early_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen = bytearray()
+        received.append(seen)
+        answered = 0
+        try:
+            while chunk := await reader.read(65536):
+                seen += chunk
+                # answer every request head at once, without waiting for its body
+                while seen.count(b" HTTP/1.1\r\n") > answered:
+                    answered += 1
+                    writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(early_upstream, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    text = gw.policy_path.read_text().replace(
+        "url: http://127.0.0.1:9\n", f"url: http://127.0.0.1:{port}\n"
+    )
+    gw.policy_path.write_text(text)
+    assert await gw.gateway.reload()
+    release = asyncio.Event()
+
+    async def slow_body():  # type: ignore[no-untyped-def]
+        yield b"first part of a long upload"
+        await release.wait()
+        yield b"the rest"
+
+    try:
+        upload = asyncio.create_task(gw.request("POST", "/dead/upload", data=slow_body()))
+        async with asyncio.timeout(10):
+            while not received or b"first part" not in received[0]:
+                await asyncio.sleep(0.01)
+        r = await gw.get("/dead/next")
+        assert r.status == 413
+        release.set()
+        assert (await upload).status == 413
+        assert received[0].startswith(b"POST /dead/upload HTTP/1.1\r\n")
+        # the next request went out on a fresh connection, never behind the unsent body
+        assert b"GET /dead/next" not in received[0]
+        assert any(conn.startswith(b"GET /dead/next HTTP/1.1\r\n") for conn in received[1:])
+    finally:
+        server.close()
+        await server.wait_closed()
