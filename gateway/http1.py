@@ -347,7 +347,8 @@ class ClientConnection(asyncio.Protocol):
                     # "gzip, chunked" and friends: we would not re-encode them faithfully
                     raise httptools.HttpParserCallbackError("unsupported transfer-encoding")
                 chunked = True
-        url = b"".join(self._url).decode("latin-1")
+        # raw UTF-8 stays meaningful; invalid bytes become lone surrogates, which paths.py refuses
+        url = b"".join(self._url).decode("utf-8", "surrogateescape")
         head = RequestHead(
             method=parser.get_method().decode("ascii", "replace"),
             target=url,

@@ -218,3 +218,23 @@ async def test_an_early_response_never_leaves_a_half_sent_body_in_the_pool(gw: R
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "forwarded"),
+    [
+        (b"/public/caf\xc3\xa9", 400, None),  # llhttp (strict) wants URLs percent-encoded
+        (b"/public/caf%C3%A9", 200, "/public/caf%C3%A9"),
+        (b"/public/caf%c3%a9", 200, "/public/caf%C3%A9"),
+        (b"/public/\xff", 400, None),
+    ],
+)
+async def test_raw_non_ascii_paths(
+    gw: Running, raw: bytes, status: int, forwarded: str | None
+) -> None:
+    got, _, body = await raw_request(
+        gw.port, b"GET " + raw + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    assert got == status
+    if forwarded is not None:
+        assert json.loads(body)["raw_path"] == forwarded
