@@ -8,12 +8,11 @@ laptops rarely hold production secrets) and errors when the gateway is about to 
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import ipaddress
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +26,7 @@ from gateway.clerk.keys import (
     parse_publishable_key,
 )
 from gateway.decision import Access
+from gateway.reader import Reader, env_names, kind_of
 from gateway.routes import (
     HostPattern,
     PathPattern,
@@ -38,7 +38,7 @@ from gateway.routes import (
     regex_matches_nothing,
     shadowing_route,
 )
-from gateway.yamlsource import Document, EnvStr, Problem, Severity, parse
+from gateway.yamlsource import EnvStr, Problem, Severity, parse
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -250,139 +250,8 @@ _TOKEN_CHARS = frozenset(
 )
 
 
-class _Reader:
-    """Typed reads of the plain document; each failed read records a problem."""
-
-    def __init__(self, doc: Document, for_run: bool) -> None:
-        self.doc = doc
-        self.for_run = for_run
-        self.problems: list[Problem] = []
-        self.declared_upstreams: set[str] = {"default"}
-
-    # ---- problems ---------------------------------------------------------------------------
-
-    def error(self, path: str, message: str) -> None:
-        self.problems.append(Problem(self.doc.file, self.doc.line(path), path, message))
-
-    def warn(self, path: str, message: str) -> None:
-        line = self.doc.line(path)
-        self.problems.append(Problem(self.doc.file, line, path, message, Severity.WARNING))
-
-    def env_problem(self, path: str, message: str) -> None:
-        """A problem that follows only from this environment: fatal for run, not for check."""
-        (self.error if self.for_run else self.warn)(path, message)
-
-    # ---- typed reads ------------------------------------------------------------------------
-
-    def mapping(self, path: str, value: Any, allowed: Collection[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"must be a mapping, got {_kind(value)}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                child = f"{path}.{key}" if path else key
-                guess = difflib.get_close_matches(key, list(allowed), n=1)
-                hint = f"; did you mean {guess[0]!r}?" if guess else ""
-                self.error(child, f"unknown key {key!r}{hint}")
-        return value
-
-    def string(self, path: str, value: Any, default: str | None = None) -> str | None:
-        """A string; "" (after interpolation) counts as absent."""
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.error(path, f"must be a string, got {_kind(value)}")
-            return default
-        if isinstance(value, EnvStr) and value.missing:
-            self.env_problem(path, f"environment variable {_names(value.missing)} is not set")
-        return value if value != "" else default
-
-    def boolean(self, path: str, value: Any, default: bool) -> bool:
-        if value is None:
-            return default
-        if isinstance(value, EnvStr) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            self.error(path, f"must be true or false, got {_kind(value)}")
-            return default
-        return value
-
-    def number(self, path: str, value: Any, default: float, *, minimum: float = 0) -> float:
-        if value is None:
-            return default
-        if isinstance(value, EnvStr):
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(path, f"must be a number, got {_kind(value)}")
-            return default
-        if value < minimum:
-            self.error(path, f"must be at least {minimum:g}, got {value:g}")
-            return default
-        return float(value)
-
-    def integer(self, path: str, value: Any, default: int, *, minimum: int = 0) -> int:
-        if value is None:
-            return default
-        if isinstance(value, EnvStr) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(path, f"must be an integer, got {_kind(value)}")
-            return default
-        if value < minimum:
-            self.error(path, f"must be at least {minimum}, got {value}")
-            return default
-        return value
-
-    def strings(self, path: str, value: Any, *, split: bool = False) -> tuple[str, ...] | None:
-        """A list of non-empty strings (or one string; `split`: space-separated)."""
-        if value is None:
-            return None
-        if isinstance(value, str):
-            self.string(path, value)
-            items: list[Any] = value.split() if split else [value]
-        elif isinstance(value, list):
-            items = value
-        else:
-            self.error(path, f"must be a list of strings, got {_kind(value)}")
-            return None
-        out: list[str] = []
-        for i, item in enumerate(items):
-            item_path = f"{path}[{i}]" if isinstance(value, list) else path
-            if not isinstance(item, str) or not item.strip():
-                self.error(item_path, f"must be a non-empty string, got {_kind(item)}")
-                continue
-            if isinstance(item, EnvStr) and item.missing:
-                self.env_problem(
-                    item_path, f"environment variable {_names(item.missing)} is not set"
-                )
-            out.extend(item.split() if split else [item])
-        return tuple(out)
-
-    def url(self, path: str, value: Any, default: str | None = None) -> str | None:
-        text = self.string(path, value, default)
-        if text is None or text == default:
-            return text
-        parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.error(path, f"must be an http(s) URL, got {text!r}")
-            return default
-        return text.rstrip("/") if parts.path in ("", "/") else text
-
-    def redirect_target(self, path: str, value: Any, default: str) -> str:
-        text = self.string(path, value, default)
-        assert text is not None
-        if text.startswith("/") and not text.startswith("//") and "\\" not in text:
-            return text
-        parts = urlsplit(text)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return text
-        self.error(
-            path, f"must be an absolute http(s) URL or a path starting with '/', got {text!r}"
-        )
-        return default
+class _Reader(Reader):
+    """The policy schema, read with located problems."""
 
     # ---- the policy -------------------------------------------------------------------------
 
@@ -527,7 +396,9 @@ class _Reader:
             if parsed is not None:
                 out["default"] = parsed
         if named is not None and not isinstance(named, dict):
-            self.error("upstreams", f"must be a mapping of names to upstreams, got {_kind(named)}")
+            self.error(
+                "upstreams", f"must be a mapping of names to upstreams, got {kind_of(named)}"
+            )
             named = None
         self.declared_upstreams.update(named or {})
         for name, spec in (named or {}).items():
@@ -591,7 +462,7 @@ class _Reader:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self.error("routes", f"must be a list of routes, got {_kind(value)}")
+            self.error("routes", f"must be a list of routes, got {kind_of(value)}")
             return ()
         out: list[Route] = []
         for i, item in enumerate(value):
@@ -604,7 +475,7 @@ class _Reader:
         self, path: str, index: int, value: Any, upstreams: Mapping[str, Upstream], ci: bool
     ) -> Route | None:
         if not isinstance(value, dict):
-            self.error(path, f"must be a mapping with 'path' and 'access', got {_kind(value)}")
+            self.error(path, f"must be a mapping with 'path' and 'access', got {kind_of(value)}")
             return None
         raw = self.mapping(path, value, _ROUTE_KEYS)
         patterns: list[PathPattern] = []
@@ -739,7 +610,7 @@ class _Reader:
                 names = sorted({n for v in env_named for n in v.names})
                 self.env_problem(
                     "clerk",
-                    f"no key source: {_names(names)} {'is' if len(names) == 1 else 'are'} empty "
+                    f"no key source: {env_names(names)} {'is' if len(names) == 1 else 'are'} empty "
                     "here, so there is no jwt_key, "
                     "secret_key or jwks_url to verify session tokens with",
                 )
@@ -770,7 +641,7 @@ class _Reader:
             if isinstance(value, EnvStr) and value == "":
                 self.env_problem(
                     "webhooks.secrets",
-                    f"{_names(value.names)} is empty here, but {first} is a webhook route; "
+                    f"{env_names(value.names)} is empty here, but {first} is a webhook route; "
                     "the gateway would refuse every webhook",
                 )
             else:
@@ -808,25 +679,3 @@ class _Reader:
                     f"never matches: routes[{earlier.index}] (line {earlier.line}, "
                     f"{earlier.pattern_text}) matches every request it would",
                 )
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return (
-            f"a string ({value!r})"
-            if len(value) < 40 and not isinstance(value, EnvStr)
-            else "a string"
-        )
-    return f"{type(value).__name__} ({value!r})"
-
-
-def _names(names: Collection[str]) -> str:
-    return ", ".join(f"${{{n}}}" for n in names)
