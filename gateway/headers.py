@@ -140,8 +140,8 @@ def upstream_headers(
                     continue
                 out.append((name, value))  # `Forwarded` from a trusted proxy
             continue
-        if lower in ("host", "content-length"):
-            continue  # set below / framed by the forwarder itself
+        if lower in ("host", "content-length", "expect"):
+            continue  # set below / framed by the forwarder / answered by the gateway
         out.append((name, value))
     out.append(("Host", host_override or host))
     out.append(("X-Forwarded-For", ", ".join([*forwarded_for, client_ip])))

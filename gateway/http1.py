@@ -102,8 +102,19 @@ class Exchange:
         if self._body_waiter is not None and not self._body_waiter.done():
             self._body_waiter.set_result(None)
 
+    def send_continue(self) -> None:
+        """Answer `Expect: 100-continue` once the request is allowed: the client then
+        sends its body (without it, curl waits a second before every upload)."""
+        if (
+            not self.body_complete
+            and not self.response_started
+            and (self.head.get("expect") or "").lower() == "100-continue"
+        ):
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     async def read_body(self, limit: int) -> bytes | None:
         """The whole body, or None as soon as it is larger than `limit`."""
+        self.send_continue()
         while not self.body_complete:
             if self._buffered > limit:
                 return None
@@ -122,6 +133,7 @@ class Exchange:
     ) -> None:
         """From now on, body bytes go to `write` (framed as chunks when `chunked`);
         `sent` is called once the whole body has been written."""
+        self.send_continue()
         sink: Callable[[bytes], None] = write
 
         def end() -> None:

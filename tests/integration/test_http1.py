@@ -238,3 +238,34 @@ async def test_raw_non_ascii_paths(
     assert got == status
     if forwarded is not None:
         assert json.loads(body)["raw_path"] == forwarded
+
+
+async def test_expect_100_continue_is_answered_once_allowed(gw: Running) -> None:
+    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
+    try:
+        writer.write(
+            b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            interim = await reader.readuntil(b"\r\n\r\n")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert gw.upstream.last["body"] == "hello"
+    assert "expect" not in {k.lower() for k, _ in gw.upstream.last["headers"]}
+
+
+async def test_expect_100_continue_denied_gets_the_final_status_only(gw: Running) -> None:
+    status, headers, _ = await raw_request(
+        gw.port,
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    assert status == 401
+    assert headers["connection"] == "close"  # the body was never sent: do not wait for it
