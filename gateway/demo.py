@@ -218,7 +218,7 @@ Try it yourself (tokens come from the Clerk stand-in and live 60 s, so fetch fre
   curl -i {b}/                                             # 200, public
   curl -i -H 'Accept: text/html' {b}/dashboard             # 307 to /sign-in?redirect_url=...
   curl -i {b}/api/posts                                    # 401 {{"error":"unauthorized",...}}
-  curl -i {b}/admin/../admin%2f                            # 400 path-ambiguous
+  curl -i --path-as-is {b}/admin/../admin%2f               # 400 path-ambiguous
 
   # members alice and bob, and an admin
   ALICE=$(curl -s {c}/demo/token/alice); BOB=$(curl -s {c}/demo/token/bob); ADMIN=$(curl -s {c}/demo/token/admin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -255,6 +256,20 @@ async def gw(
         yield Running(gateway, listeners, devclerk, state, path, http)
     state.release.set()
     await listeners.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(
+    port: int,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A plain TCP connection to the gateway, for bytes no HTTP client would send."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def raw_request(

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.integration.conftest import LOOPBACK, Running, raw_request
+from tests.integration.conftest import LOOPBACK, Running, raw_connection, raw_request
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    gw: Running,
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """A hand-written upstream behind the policy's `dead` upstream (routes /dead/**)."""
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    text = gw.policy_path.read_text().replace(
+        "url: http://127.0.0.1:9\n", f"url: http://127.0.0.1:{port}\n"
+    )
+    gw.policy_path.write_text(text)
+    assert await gw.gateway.reload()
+    try:
+        yield
+    finally:
+        server.close()
+        await server.wait_closed()
+
 
 SMUGGLING = [
     (
@@ -49,8 +72,7 @@ async def test_ambiguous_framing_is_refused_and_never_forwarded(
 
 
 async def test_keep_alive_and_pipelining(gw: Running) -> None:
-    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
-    try:
+    async with raw_connection(gw.port) as (reader, writer):
         writer.write(
             b"GET /public/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /public/2 HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
         )
@@ -70,9 +92,6 @@ async def test_keep_alive_and_pipelining(gw: Running) -> None:
                 seen.append((head.split(" ")[1], body))
         assert [s for s, _ in seen] == ["200", "200", "401"]
         assert [json.loads(b)["raw_path"] for _, b in seen[:2]] == ["/public/1", "/public/2"]
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def test_http_1_0_gets_a_closed_connection(gw: Running) -> None:
@@ -82,8 +101,7 @@ async def test_http_1_0_gets_a_closed_connection(gw: Running) -> None:
 
 
 async def test_head_has_no_body(gw: Running) -> None:
-    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
-    try:
+    async with raw_connection(gw.port) as (reader, writer):
         writer.write(
             b"HEAD /public/x HTTP/1.1\r\nHost: a\r\n\r\nGET /public/y HTTP/1.1\r\nHost: a\r\n\r\n"
         )
@@ -93,13 +111,10 @@ async def test_head_has_no_body(gw: Running) -> None:
             second = await reader.readuntil(b"\r\n\r\n")  # straight after: HEAD sent no body
         assert first.startswith(b"HTTP/1.1 200")
         assert second.startswith(b"HTTP/1.1 200")
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def test_informational_and_streamed_upstream_responses(gw: Running) -> None:
-    async def raw_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def informational(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Up: 1\r\n\r\nclose-delimited body"
@@ -107,22 +122,12 @@ async def test_informational_and_streamed_upstream_responses(gw: Running) -> Non
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(raw_upstream, LOOPBACK, 0)
-    port = server.sockets[0].getsockname()[1]
-    text = gw.policy_path.read_text().replace(
-        "url: http://127.0.0.1:9\n", f"url: http://127.0.0.1:{port}\n"
-    )
-    gw.policy_path.write_text(text)
-    assert await gw.gateway.reload()
-    try:
+    async with raw_upstream(gw, informational):
         r = await gw.get("/dead/x")
         assert r.status == 200
         assert r.headers["X-Up"] == "1"
         assert await r.read() == b"close-delimited body"
         assert r.headers.get("Transfer-Encoding") == "chunked"  # re-framed for keep-alive
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_stale_pooled_connection_is_retried_once(gw: Running) -> None:
@@ -137,8 +142,7 @@ async def test_a_stale_pooled_connection_is_retried_once(gw: Running) -> None:
 
 
 async def test_unread_request_body_on_a_denial_closes_the_connection(gw: Running) -> None:
-    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
-    try:
+    async with raw_connection(gw.port) as (reader, writer):
         writer.write(
             b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000
         )
@@ -147,9 +151,6 @@ async def test_unread_request_body_on_a_denial_closes_the_connection(gw: Running
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 401")
         assert b"Connection: close" in head
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def test_upstream_response_headers_are_filtered(gw: Running) -> None:
@@ -188,13 +189,6 @@ async def test_an_early_response_never_leaves_a_half_sent_body_in_the_pool(gw: R
         finally:
             writer.close()
 
-    server = await asyncio.start_server(early_upstream, LOOPBACK, 0)
-    port = server.sockets[0].getsockname()[1]
-    text = gw.policy_path.read_text().replace(
-        "url: http://127.0.0.1:9\n", f"url: http://127.0.0.1:{port}\n"
-    )
-    gw.policy_path.write_text(text)
-    assert await gw.gateway.reload()
     release = asyncio.Event()
 
     async def slow_body():  # type: ignore[no-untyped-def]
@@ -202,7 +196,7 @@ async def test_an_early_response_never_leaves_a_half_sent_body_in_the_pool(gw: R
         await release.wait()
         yield b"the rest"
 
-    try:
+    async with raw_upstream(gw, early_upstream):
         upload = asyncio.create_task(gw.request("POST", "/dead/upload", data=slow_body()))
         async with asyncio.timeout(10):
             while not received or b"first part" not in received[0]:
@@ -215,9 +209,6 @@ async def test_an_early_response_never_leaves_a_half_sent_body_in_the_pool(gw: R
         # the next request went out on a fresh connection, never behind the unsent body
         assert b"GET /dead/next" not in received[0]
         assert any(conn.startswith(b"GET /dead/next HTTP/1.1\r\n") for conn in received[1:])
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.parametrize(
@@ -241,8 +232,7 @@ async def test_raw_non_ascii_paths(
 
 
 async def test_expect_100_continue_is_answered_once_allowed(gw: Running) -> None:
-    reader, writer = await asyncio.open_connection(LOOPBACK, gw.port)
-    try:
+    async with raw_connection(gw.port) as (reader, writer):
         writer.write(
             b"POST /public/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
         )
@@ -255,9 +245,6 @@ async def test_expect_100_continue_is_answered_once_allowed(gw: Running) -> None
         async with asyncio.timeout(5):
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
-    finally:
-        writer.close()
-        await writer.wait_closed()
     assert gw.upstream.last["body"] == "hello"
     assert "expect" not in {k.lower() for k, _ in gw.upstream.last["headers"]}
 
