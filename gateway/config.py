@@ -38,6 +38,7 @@ from gateway.routes import (
     regex_matches_nothing,
     shadowing_route,
 )
+from gateway.webhooks import secret_bytes
 from gateway.yamlsource import EnvStr, Problem, Severity, parse
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -368,6 +369,16 @@ class _Reader(Reader):
         for i, secret in enumerate(secrets):
             if not secret.startswith("whsec_"):
                 self.error(f"webhooks.secrets[{i}]", "a Clerk webhook secret starts with 'whsec_'")
+                continue
+            try:
+                key = secret_bytes(secret)
+            except ValueError:
+                key = b""
+            if len(key) < 16:
+                self.error(
+                    f"webhooks.secrets[{i}]",
+                    "not a webhook secret: 'whsec_' must be followed by base64 of at least 16 bytes",
+                )
         tolerance = self.number("webhooks.tolerance_s", raw.get("tolerance_s"), 300, minimum=1)
         remember = self.number(
             "webhooks.remember_s", raw.get("remember_s"), 2 * max(tolerance, 450)

@@ -141,6 +141,16 @@ SINGLE_ERRORS = [
         "webhooks.remember_s: must be at least twice tolerance_s",
     ),
     ("malformed interpolation", "sign_in_url: ${1BAD}\n", "invalid interpolation"),
+    (
+        "webhook secret that is not base64",
+        "webhooks:\n  secrets: whsec_not*base64\n",
+        "webhooks.secrets[0]: not a webhook secret",
+    ),
+    (
+        "webhook secret too short",
+        "webhooks:\n  secrets: [whsec_YWJj]\n",
+        "webhooks.secrets[0]: not a webhook secret",
+    ),
 ]
 
 
