@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -105,6 +106,10 @@ async def run_until_stopped(settings: Settings, *, reuse_port: bool = False) -> 
         await gateway.close()
         return 1
     gateway.watch(settings.watch_interval_s)
+    # Everything allocated so far lives as long as the process: move it out of the
+    # cyclic collector's sight, so collections on the request path stay short (p99).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
