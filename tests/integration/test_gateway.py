@@ -13,7 +13,14 @@ import pytest
 
 from gateway.devclerk import DevClerk
 from tests.helpers import wait_until
-from tests.integration.conftest import LOOPBACK, Running, echoed, pattern_block, raw_request
+from tests.integration.conftest import (
+    LOOPBACK,
+    Running,
+    echoed,
+    pattern_block,
+    raw_connection,
+    raw_request,
+)
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml", "Sec-Fetch-Dest": "document"}
 
@@ -457,3 +464,19 @@ async def test_hot_reload_on_file_change(gw: Running) -> None:
         within=5,
     )
     assert (await gw.get("/internal/x")).status == 200
+
+
+async def test_timeout_and_disconnect_on_pooled_connections(gw: Running) -> None:
+    # Warm the pools so the next requests run on idle pooled connections.
+    assert (await gw.get("/slow/x?s=0")).status == 200
+    r = await gw.get("/slow/x?s=3")
+    assert (r.status, (await r.json())["reason"]) == (504, "upstream-timeout")
+    assert (await gw.get("/public/warm")).status == 200
+    async with raw_connection(gw.port) as (_reader, writer):
+        writer.write(b"GET /public/held HTTP/1.1\r\nHost: app\r\n\r\n")
+        await writer.drain()
+        await wait_until(lambda: gw.upstream.requests[-1]["raw_path"] == "/public/held")
+        assert gw.gateway.metrics.in_flight._value.get() == 1
+    await wait_until(lambda: gw.gateway.metrics.in_flight._value.get() == 0)
+    gw.upstream.release.set()
+    assert (await gw.get("/public/after")).status == 200
