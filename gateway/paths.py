@@ -8,6 +8,7 @@ meaning depends on the server reading it is refused instead of guessed at.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 # servers treat as a path-parameter separator and strip, and minus '%' handled separately).
 _PCHAR_RAW = _UNRESERVED | frozenset("!$&'()*+,=:@")
 _PLAIN = _PCHAR_RAW | {"/"}
+_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
 # Encoded bytes refused outright: '/' and '\' (segment separators to some servers), ';'
 # (path parameters), NUL and every other control character.
 _REFUSED_BYTES = frozenset([0x2F, 0x5C, 0x3B, 0x7F, *range(0x20)])
@@ -77,10 +79,6 @@ def normalise_path(path: str) -> str | None:
             value = int(h1 + h2, 16)
             if value in _REFUSED_BYTES:
                 return None
-            if value == 0x25 and i + 4 < n and chr(raw[i + 3]) in _HEX and chr(raw[i + 4]) in _HEX:
-                # "%25xx" becomes a fresh escape after one decode: a double-decoding
-                # upstream would read a different path than the rules saw.
-                return None
             decoded.append(value)
             ch = chr(value)
             # Only unreserved characters are decoded: an encoded reserved character is
@@ -98,7 +96,13 @@ def normalise_path(path: str) -> str | None:
         decoded.decode("utf-8", "strict")  # rejects invalid and overlong sequences
     except UnicodeDecodeError:
         return None
-    return _resolve_segments("".join(out))
+    result = "".join(out)
+    if "%25" in result and _DOUBLE_ENCODED.search(result):
+        # "%25xx" becomes a fresh escape after one more decode: a double-decoding upstream
+        # would read a different path than the rules saw. Checked on the output, since
+        # decoding an unreserved escape can complete one ("%25a%61" is "%25aa").
+        return None
+    return _resolve_segments(result)
 
 
 def _is_plain(path: str) -> bool:

@@ -45,6 +45,8 @@ CASES = [
     ("encoded semicolon refused", "/admin%3Bx", AMBIGUOUS),
     ("double-encoded escape refused", "/%2561dmin", AMBIGUOUS),
     ("double-encoded slash refused", "/a%252Fb", AMBIGUOUS),
+    ("double encoding completed by a decoded letter refused", "/%25a%61", AMBIGUOUS),
+    ("an encoded percent before non-hex is fine", "/100%25x", "/100%25x"),
     ("a lone percent refused", "/100%", AMBIGUOUS),
     ("bad hex refused", "/%zz", AMBIGUOUS),
     ("truncated escape refused", "/a%4", AMBIGUOUS),
