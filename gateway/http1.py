@@ -69,7 +69,8 @@ class Exchange:
         self.status = 0
         self.response_started = False
         self.response_done = False
-        self.keep_alive = conn.parser_keep_alive
+        # an upgrade (or CONNECT) that is not tunnelled leaves the parser spent: close after
+        self.keep_alive = conn.parser_keep_alive and not head.upgrade
         self._framing = "length"
         self._chunks: list[bytes] = []
         self._buffered = 0

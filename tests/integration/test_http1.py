@@ -256,3 +256,17 @@ async def test_expect_100_continue_denied_gets_the_final_status_only(gw: Running
     )
     assert status == 401
     assert headers["connection"] == "close"  # the body was never sent: do not wait for it
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ],
+)
+async def test_a_refused_upgrade_closes_the_connection(gw: Running, data: bytes) -> None:
+    status, headers, _ = await raw_request(gw.port, data)
+    assert status in (400, 401)
+    assert headers["connection"] == "close"
+    assert gw.upstream.requests == []
