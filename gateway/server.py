@@ -163,8 +163,11 @@ def serve(settings: Settings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    codes = []
+    failed = False
     for worker in workers:
         worker.join()
-        codes.append(worker.exitcode or 0)
-    return max(codes)
+        # a worker stopped by the signal itself (before its handlers were installed) is a
+        # clean stop too; any other non-zero exit is a failure
+        code = worker.exitcode or 0
+        failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
+    return 1 if failed else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -143,3 +144,50 @@ async def test_demo_walkthrough_passes() -> None:
     assert proc.returncode == 0, text
     assert text.count("[ok]") == 8, text
     assert "FAILED" not in text
+
+
+async def test_workers_share_the_port_and_stop_together(
+    tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
+) -> None:
+    state, server = held_upstream
+    policy = tmp_path / "routes.yaml"
+    policy.write_text(
+        "clerk:\n  jwt_key: ${CLERK_JWT_KEY}\n"
+        f"upstream: {str(server.make_url('')).rstrip('/')}\n"
+        "routes:\n  - {path: /public/**, access: public}\n"
+    )
+    port, admin = free_port(), free_port()
+    env = {**os.environ, "CLERK_JWT_KEY": devclerk.signer.public_pem()}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway", "run", "--config", str(policy), "--workers", "2"),
+        *("--listen", f"{LOOPBACK}:{port}", "--admin-listen", f"{LOOPBACK}:{admin}"),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        pids: set[int] = set()
+        async with asyncio.timeout(30):
+            while len(pids) < 2:  # both workers have bound the shared ports
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the gateway exited early"
+                if '"msg":"listening"' in line:
+                    pids.add(json.loads(line)["pid"])
+        async with aiohttp.ClientSession() as http:
+            for i in range(20):
+                # a new connection each time, so the kernel can pick either worker
+                async with http.get(
+                    f"http://{LOOPBACK}:{port}/public/{i}", headers={"Connection": "close"}
+                ) as r:
+                    assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        output = (await proc.stdout.read()).decode()
+        assert output.count('"msg":"draining"') == 2  # both stopped gracefully
+        assert len(state.requests) == 20
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
