@@ -41,36 +41,32 @@ async def held_upstream(
     return state, await aiohttp_server(state.app())
 
 
+async def run_gateway(
+    tmp_path: Path, clerk: DevClerk, upstream: TestServer, port: int, admin: int, *extra: str
+) -> asyncio.subprocess.Process:
+    """`clerk-gateway run` as a real process: networkless keys, /public/** to `upstream`."""
+    policy = tmp_path / "routes.yaml"
+    policy.write_text(
+        "clerk:\n  jwt_key: ${CLERK_JWT_KEY}\n"
+        f"upstream: {str(upstream.make_url('')).rstrip('/')}\n"
+        "routes:\n  - {path: /public/**, access: public}\n"
+    )
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway", "run", "--config", str(policy), *extra),
+        *("--listen", f"{LOOPBACK}:{port}", "--admin-listen", f"{LOOPBACK}:{admin}"),
+        cwd=ROOT,
+        env={**os.environ, "CLERK_JWT_KEY": clerk.signer.public_pem()},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
 async def test_sigterm_drains_an_in_flight_request(
     tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
 ) -> None:
     state, server = held_upstream
-    policy = tmp_path / "routes.yaml"
-    policy.write_text(
-        "clerk:\n  jwt_key: ${CLERK_JWT_KEY}\n"
-        f"upstream: {str(server.make_url('')).rstrip('/')}\n"
-        "routes:\n  - {path: /public/**, access: public}\n"
-    )
     port, admin = free_port(), free_port()
-    env = {**os.environ, "CLERK_JWT_KEY": devclerk.signer.public_pem()}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "run",
-        "--config",
-        str(policy),
-        "--listen",
-        f"{LOOPBACK}:{port}",
-        "--admin-listen",
-        f"{LOOPBACK}:{admin}",
-        "--drain-timeout",
-        "10",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--drain-timeout", "10")
     try:
         await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
         async with aiohttp.ClientSession() as http:
@@ -150,22 +146,8 @@ async def test_workers_share_the_port_and_stop_together(
     tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
 ) -> None:
     state, server = held_upstream
-    policy = tmp_path / "routes.yaml"
-    policy.write_text(
-        "clerk:\n  jwt_key: ${CLERK_JWT_KEY}\n"
-        f"upstream: {str(server.make_url('')).rstrip('/')}\n"
-        "routes:\n  - {path: /public/**, access: public}\n"
-    )
     port, admin = free_port(), free_port()
-    env = {**os.environ, "CLERK_JWT_KEY": devclerk.signer.public_pem()}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "gateway", "run", "--config", str(policy), "--workers", "2"),
-        *("--listen", f"{LOOPBACK}:{port}", "--admin-listen", f"{LOOPBACK}:{admin}"),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--workers", "2")
     try:
         assert proc.stdout is not None
         pids: set[int] = set()
