@@ -51,7 +51,6 @@ class Runtime:
     reserved: frozenset[str]
     webhook_secrets: tuple[bytes, ...]
     deliveries: DeliveryRecord
-    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +156,6 @@ class Gateway:
             reserved=reserved_names(policy.identity_headers),
             webhook_secrets=secrets,
             deliveries=DeliveryRecord(policy.webhooks.remember_s),
-            digest=policy.digest,
         )
 
     @property
@@ -204,7 +202,8 @@ class Gateway:
             self.pool.retire(list(new.policy.upstreams.values()))
             self.metrics.policy_reloads.labels("success").inc()
             log.info(
-                "policy reloaded", extra={"policy": new.digest, "routes": len(new.policy.routes)}
+                "policy reloaded",
+                extra={"policy": new.policy.digest, "routes": len(new.policy.routes)},
             )
             return True
 
@@ -453,9 +452,7 @@ class Gateway:
             for attempt in (1, 2):
                 try:
                     conn = await (
-                        self.pool.acquire(upstream)
-                        if attempt == 1
-                        else self.pool.connect_fresh(upstream)
+                        self.pool.acquire(upstream) if attempt == 1 else self.pool.connect(upstream)
                     )
                 except UpstreamFailure as exc:
                     return self._upstream_failed(ex, out, upstream, exc)

@@ -44,8 +44,9 @@ def reserved_names(identity: IdentityHeaders) -> frozenset[str]:
     return frozenset(fold(n) for n in identity.names())
 
 
-def is_reserved(name: str, reserved: frozenset[str]) -> bool:
-    folded = fold(name)
+def is_reserved(lower: str, reserved: frozenset[str]) -> bool:
+    """`lower`: the header name, already lower-cased."""
+    folded = lower.replace("_", "-")
     return folded.startswith(RESERVED_PREFIX) or folded in reserved
 
 
@@ -87,15 +88,6 @@ def identity_values(principal: Principal, identity: IdentityHeaders) -> list[tup
 FORWARDED_NAMES = frozenset(
     ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
 )
-# The gateway speaks its own WebSocket handshake to the upstream.
-_WEBSOCKET_HANDSHAKE = frozenset(
-    [
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-accept",
-    ]
-)
 
 
 def connection_listed(values: Iterable[str]) -> frozenset[str]:
@@ -125,7 +117,7 @@ def upstream_headers(
     proto = forwarded_host = None
     for name, value in items:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in listed or is_reserved(name, reserved):
+        if lower in HOP_BY_HOP or lower in listed or is_reserved(lower, reserved):
             continue
         if lower in FORWARDED_NAMES:
             if trusted_proxy:

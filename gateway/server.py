@@ -120,7 +120,7 @@ async def run_until_stopped(settings: Settings, *, reuse_port: bool = False) -> 
         extra={
             "public": str(listeners.public_address),
             "admin": str(listeners.admin_address),
-            "policy": gateway.runtime.digest,
+            "policy": gateway.runtime.policy.digest,
             "pid": os.getpid(),
         },
     )

@@ -52,8 +52,7 @@ class ResponseSink(Protocol):
 
 @dataclass(slots=True)
 class ExchangeResult:
-    status: int
-    upgraded: bool = False
+    status: int  # 101: the connection now tunnels bytes both ways
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -257,7 +256,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.response_head(101, self._reason, headers, "upgrade")
             sink.switch_protocols(self.transport, tail)
         if done is not None and not done.done():
-            done.set_result(ExchangeResult(101, upgraded=True))
+            done.set_result(ExchangeResult(101))
 
     def _fail(self, error: UpstreamFailure) -> None:
         self._cancel_timer()
@@ -315,12 +314,9 @@ class Pool:
             if not conn.closed:
                 conn._reused = True
                 return conn
-        return await self._connect(upstream)
+        return await self.connect(upstream)
 
-    async def connect_fresh(self, upstream: Upstream) -> UpstreamConnection:
-        return await self._connect(upstream)
-
-    async def _connect(self, upstream: Upstream) -> UpstreamConnection:
+    async def connect(self, upstream: Upstream) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         ssl = upstream.scheme == "https" or None
         try:
