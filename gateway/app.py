@@ -55,7 +55,7 @@ class Runtime:
 
 @dataclass(frozen=True, slots=True)
 class _Request:
-    """One request's facts, carried across the await of a key fetch."""
+    """One request's facts, carried from the decision to forwarding (across awaits)."""
 
     ex: Exchange
     rt: Runtime
@@ -308,7 +308,7 @@ class Gateway:
             self._deny(ex, out, Reason.ROUTE_DENIED)
             return None
         if access is Access.WEBHOOK:
-            return partial(self._webhook, ex, rt, out, target, route, trusted)
+            return partial(self._webhook, _Request(ex, rt, out, target, route, trusted, False))
         token = extract(
             head.get("authorization"),
             parse_cookies(head.get("cookie")),
@@ -357,9 +357,7 @@ class Gateway:
             if decision.principal is not None
             else []
         )
-        return partial(
-            self._forward, ex, rt, out, request.target, request.route, request.trusted, identity
-        )
+        return partial(self._forward, request, identity)
 
     def _trusted(self, head: RequestHead, policy: Policy) -> bool:
         if not policy.trusted_proxies or not head.client_ip:
@@ -419,33 +417,24 @@ class Gateway:
         ex.reply(plan.status, body_of(reason), headers)
 
     async def _forward(
-        self,
-        ex: Exchange,
-        rt: Runtime,
-        out: _Outcome,
-        target: Target,
-        route: Route | None,
-        trusted: bool,
-        identity: list[tuple[str, str]],
-        *,
-        body: bytes | None = None,
+        self, request: _Request, identity: list[tuple[str, str]], *, body: bytes | None = None
     ) -> None:
-        policy = rt.policy
+        ex, rt, out, target = request.ex, request.rt, request.out, request.target
         head = ex.head
-        upstream = policy.upstream_for(route)
+        upstream = rt.policy.upstream_for(request.route)
         scheme, _ = self._scheme_host(head, False)
         websocket = head.upgrade and (head.get("upgrade") or "").lower() == "websocket"
         headers = upstream_headers(
             head.headers,
             reserved=rt.reserved,
-            trusted_proxy=trusted,
+            trusted_proxy=request.trusted,
             client_ip=head.client_ip,
             scheme=scheme,
             host=head.get("host", "") or "",
             identity=identity,
             host_override=None if upstream.preserve_host else authority(upstream),
         )
-        request = request_head(head, upstream.base_path + target.path_qs, headers, body, websocket)
+        sent = request_head(head, upstream.base_path + target.path_qs, headers, body, websocket)
         out.decision = "allow"
         started = time.perf_counter()
         try:
@@ -458,9 +447,7 @@ class Gateway:
                     return self._upstream_failed(ex, out, upstream, exc)
                 ex.upstream_transport = conn.transport
                 streamed = body is None and head.has_body
-                done = conn.begin(
-                    ex, request, head_only=head.method == "HEAD", body_pending=streamed
-                )
+                done = conn.begin(ex, sent, head_only=head.method == "HEAD", body_pending=streamed)
                 if body is not None:
                     conn.write_body(body)
                 elif streamed:
@@ -492,15 +479,8 @@ class Gateway:
         self._deny(ex, out, exc.reason)
         out.decision = "allow"  # the policy allowed it; the upstream failed
 
-    async def _webhook(
-        self,
-        ex: Exchange,
-        rt: Runtime,
-        out: _Outcome,
-        target: Target,
-        route: Route | None,
-        trusted: bool,
-    ) -> None:
+    async def _webhook(self, request: _Request) -> None:
+        ex, rt, out = request.ex, request.rt, request.out
         settings = rt.policy.webhooks
         headers = read_headers(ex.head.index)
         if isinstance(headers, Reason):
@@ -530,7 +510,7 @@ class Gateway:
             extra = [("X-Clerk-Webhook-Verified", "true")]
             if safe_value(kind):
                 extra.append(("X-Clerk-Webhook-Event", kind))
-            await self._forward(ex, rt, out, target, route, trusted, extra, body=body)
+            await self._forward(request, extra, body=body)
             accepted = 200 <= (out.upstream_status or 0) < 300
             self.metrics.webhooks.labels(
                 "delivered" if accepted else "upstream-rejected", kind
