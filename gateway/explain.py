@@ -24,7 +24,7 @@ from gateway.headers import identity_values
 from gateway.paths import normalise_target
 from gateway.policy import Outcome, decide
 from gateway.responses import denial, is_navigation
-from gateway.routes import Route, host_without_port
+from gateway.routes import Ambiguous, Route, host_without_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +122,28 @@ def explain(
             method, url, None, None, None, "deny", 400, Reason.PATH_AMBIGUOUS, None, (), identity
         )
     route = policy.table.match(method, host_without_port(host_header), normal.path)
+    if isinstance(route, Ambiguous):
+        folded = (
+            "the path matches another route once folded (case, trailing dots or spaces), "
+            "as a case-insensitive upstream would read it; set case_insensitive_paths"
+        )
+        return Explanation(
+            method,
+            url,
+            normal.path,
+            None,
+            None,
+            "deny",
+            400,
+            Reason.PATH_AMBIGUOUS,
+            None,
+            (),
+            identity,
+            folded,
+        )
     access = route.access if route is not None else policy.default
     decision: Decision = decide(route, policy.default, outcome)
-    note = None
+    note: str | None = None
     if access is Access.WEBHOOK:
         note = "webhook routes are forwarded only with a valid Svix signature (checked on the body)"
     if decision.allowed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 _HEX = frozenset(string.hexdigits)
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
@@ -135,3 +136,23 @@ def _resolve_segments(path: str) -> str | None:
     if trailing and out:
         result += "/"
     return result
+
+
+# ---- folding: how case-insensitive servers (IIS, Express by default) read a path ----------
+
+_FOLD_SAFE = "".join(sorted(_PCHAR_RAW | {"/"}))
+
+
+def fold_path(path: str) -> str:
+    """The path as a server that ignores case and trailing dots and spaces of a segment
+    (IIS, Windows file systems) reads it, in normalised spelling. `path` is normalised."""
+    if fold_invariant(path):
+        return path
+    text = unquote(path, errors="surrogateescape").lower()
+    text = "/".join(segment.rstrip(". ") for segment in text.split("/"))
+    return quote(text, safe=_FOLD_SAFE, errors="surrogateescape")
+
+
+def fold_invariant(path: str) -> bool:
+    """True when folding cannot change `path` (the common case, tested cheaply)."""
+    return "%" not in path and "./" not in path and not path.endswith(".") and path.lower() == path

@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
+from typing import Final
 
 from gateway.decision import Access
-from gateway.paths import normalise_path
+from gateway.paths import fold_invariant, fold_path, normalise_path
 
 
 class PatternKind(enum.Enum):
@@ -217,23 +218,83 @@ def host_without_port(host: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class RouteTable:
-    routes: tuple[Route, ...]
-    case_insensitive: bool = False
+class Ambiguous:
+    """A path that matches another route once folded the way IIS or Express read it."""
 
-    def match(self, method: str, host: str, path: str) -> Route | None:
-        """First route matching method, host (no port, lower-case) and normalised path."""
-        key = path.lower() if self.case_insensitive else path
-        for route in self.routes:
-            if route.methods is not None and method not in route.methods:
-                continue
-            if route.host is not None and not route.host.matches(host):
-                continue
-            for pattern in route.patterns:
-                if pattern.matches(key):
-                    return route
-        return None
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "AMBIGUOUS"
+
+
+AMBIGUOUS: Final = Ambiguous()
+
+
+class RouteTable:
+    """The compiled routes, and how paths are compared with them.
+
+    `case_insensitive`: None (not set) matches exactly but refuses a path that would match
+    another route, or the default instead of a route, once folded (case, trailing dots and
+    spaces of a segment), because a case-insensitive upstream would serve that other
+    route's content; True folds and matches; False matches exactly and never refuses.
+    """
+
+    __slots__ = ("_folded", "_trivial", "case_insensitive", "routes")
+
+    def __init__(self, routes: tuple[Route, ...], case_insensitive: bool | None = None) -> None:
+        self.routes = routes
+        self.case_insensitive = case_insensitive
+        self._folded = (
+            tuple(_folded_route(r) for r in routes) if case_insensitive is not False else ()
+        )
+        # every pattern folds to itself: a path that folds to itself then matches alike
+        self._trivial = all(
+            p.kind is not PatternKind.REGEX and fold_path(p.source) == p.source
+            for r in routes
+            for p in r.patterns
+        )
+
+    def match(self, method: str, host: str, path: str) -> Route | Ambiguous | None:
+        """The first route matching method, host (no port, lower-case) and normalised path;
+        None when the default applies; AMBIGUOUS when folding would change the answer."""
+        if self.case_insensitive is True:
+            found = _first(self._folded, method, host, fold_path(path))
+            return self.routes[found] if found >= 0 else None
+        exact = _first(self.routes, method, host, path)
+        if (
+            self.case_insensitive is None
+            and not (self._trivial and fold_invariant(path))
+            and _first(self._folded, method, host, fold_path(path)) != exact
+        ):
+            return AMBIGUOUS
+        return self.routes[exact] if exact >= 0 else None
+
+
+def _first(routes: tuple[Route, ...], method: str, host: str, key: str) -> int:
+    """The position of the first matching route, -1 for none."""
+    for position, route in enumerate(routes):
+        if route.methods is not None and method not in route.methods:
+            continue
+        if route.host is not None and not route.host.matches(host):
+            continue
+        for pattern in route.patterns:
+            if pattern.matches(key):
+                return position
+    return -1
+
+
+def _folded_route(route: Route) -> Route:
+    """The route with its patterns compiled for folded paths."""
+    patterns: list[PathPattern] = []
+    for pattern in route.patterns:
+        source = pattern.source
+        if pattern.kind is not PatternKind.REGEX:
+            source = fold_path(source)
+        try:
+            patterns.append(compile_pattern(source, case_insensitive=True))
+        except PatternError:  # folding made it unnormalised ('/a.../b'): keep the original
+            patterns.append(compile_pattern(pattern.source, case_insensitive=True))
+    return replace(route, patterns=tuple(patterns))
 
 
 # ---- lints: routes that can never match ---------------------------------------------------
