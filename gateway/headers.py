@@ -2,9 +2,12 @@
 
 Identity headers are trustworthy only if no client can set them. So on EVERY request,
 whatever the route or outcome, any client header that looks like one of ours is removed
-first: every name starting with `X-Clerk-` and every configured identity header name,
-compared case-insensitively with `_` read as `-` (some servers, CGI and WSGI among them,
-fold `X_Clerk_User_Id` and `X-Clerk-User-Id` into the same variable).
+first: every name starting with `X-Clerk-`, every configured identity header name and
+every `strip_headers` name, compared case-insensitively with every character that is not a
+letter or digit read as `-` (CGI and WSGI fold `X_Clerk_User_Id` into the same variable
+as `X-Clerk-User-Id`; some frameworks read `X.Clerk.User.Id` alike). Headers that servers
+and frameworks trust to rewrite the URL, the method or the client address are removed too
+unless a trusted proxy sent them.
 """
 
 from __future__ import annotations
@@ -35,18 +38,43 @@ HOP_BY_HOP = frozenset(
 )
 
 
+_NOT_ALNUM = str.maketrans({chr(c): "-" for c in range(128) if not chr(c).isalnum()})
+
+
 def fold(name: str) -> str:
-    return name.lower().replace("_", "-")
+    """A header name as the most lenient server reads it: lower case, `-` for the rest."""
+    return name.lower().translate(_NOT_ALNUM)
 
 
-def reserved_names(identity: IdentityHeaders) -> frozenset[str]:
+# Read by servers and frameworks as the URL, the method or the client's address: only a
+# trusted proxy may send them (contract: "Headers that servers trust").
+OVERRIDES = frozenset(
+    fold(name)
+    for name in (
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+        "X-Real-IP",
+        "True-Client-IP",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Port",
+        "X-Forwarded-Ssl",
+        "X-Forwarded-Server",
+        "X-Forwarded-Scheme",
+    )
+)
+
+
+def reserved_names(identity: IdentityHeaders, strip: Iterable[str] = ()) -> frozenset[str]:
     """Folded names a client may never send (in addition to the `x-clerk-` prefix)."""
-    return frozenset(fold(n) for n in identity.names())
+    return frozenset(fold(n) for n in (*identity.names(), *strip))
 
 
 def is_reserved(lower: str, reserved: frozenset[str]) -> bool:
     """`lower`: the header name, already lower-cased."""
-    folded = lower.replace("_", "-")
+    folded = lower.translate(_NOT_ALNUM)
     return folded.startswith(RESERVED_PREFIX) or folded in reserved
 
 
@@ -118,6 +146,8 @@ def upstream_headers(
     for name, value in items:
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in listed or is_reserved(lower, reserved):
+            continue
+        if not trusted_proxy and lower.translate(_NOT_ALNUM) in OVERRIDES:
             continue
         if lower in FORWARDED_NAMES:
             if trusted_proxy:

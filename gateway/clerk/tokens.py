@@ -221,11 +221,12 @@ class Extracted:
 
 
 def token_from_authorization(value: str) -> str | None:
-    """`Bearer <t>` is a token; a value with no scheme is the token; any other scheme is not."""
+    """`Bearer <t>` is a token (the scheme in any case, RFC 9110 11.1); a value with no
+    scheme is the token; any other scheme is not."""
     scheme, sep, rest = value.partition(" ")
     if not sep:
         return value or None
-    if scheme == "Bearer":
+    if scheme.lower() == "bearer":
         return rest.strip() or None
     return None
 

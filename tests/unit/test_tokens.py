@@ -394,7 +394,19 @@ EXTRACTION = [
         {"__session": T_PLAIN, "__client_uat": "1"},
         (T_PLAIN, "cookie", "1"),
     ),
-    ("scheme is case-sensitive", "bearer abc", {}, (None, "none", None)),
+    (
+        "the scheme is case-insensitive (RFC 9110; the contract)",
+        "bearer abc",
+        {},
+        ("abc", "header", None),
+    ),
+    ("...in any spelling", "BeArEr abc", {}, ("abc", "header", None)),
+    (
+        "another scheme falls through to the cookie",
+        "Basic abc",
+        {"__session": T_PLAIN},
+        (T_PLAIN, "cookie", None),
+    ),
     (
         "6: plain session cookie",
         None,
