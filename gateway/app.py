@@ -31,7 +31,7 @@ from gateway.metrics import Metrics
 from gateway.paths import Target, normalise_target
 from gateway.policy import decide
 from gateway.responses import body_of, denial, is_navigation, status_of
-from gateway.routes import Route, host_without_port
+from gateway.routes import AMBIGUOUS, Ambiguous, Route, host_without_port
 from gateway.upstream import Pool, UpstreamFailure, authority
 from gateway.webhooks import DeliveryRecord, event_type, read_headers, secret_bytes
 from gateway.webhooks import verify as verify_webhook
@@ -153,7 +153,7 @@ class Gateway:
         return Runtime(
             policy=policy,
             verifier=SessionVerifier(policy.clerk, keys, policy.role_claim),
-            reserved=reserved_names(policy.identity_headers),
+            reserved=reserved_names(policy.identity_headers, policy.strip_headers),
             webhook_secrets=secrets,
             deliveries=DeliveryRecord(policy.webhooks.remember_s),
         )
@@ -188,9 +188,19 @@ class Gateway:
             keys = self.keys
             assert keys is not None
             if _key_source(result.policy.clerk) != _key_source(old.policy.clerk):
+                # a new key source is used only once its keys are held: a reload must
+                # never lock every signed-in user out (fleet-wide, with a shared ConfigMap)
                 keys = self._new_keys(result.policy.clerk)
                 await keys.start()
-                await keys.wait_ready(result.policy.clerk.jwks.fetch_timeout_s * 2)
+                if not await keys.wait_first_fetch():
+                    await keys.close()
+                    self.metrics.policy_reloads.labels("failure").inc()
+                    log.error(
+                        "policy reload rejected: the new key source gave no usable keys; "
+                        "keeping the running policy",
+                        extra={"jwks_url": result.policy.clerk.jwks_url},
+                    )
+                    return False
             new = self._build(result.policy, keys)
             if new.policy.webhooks.remember_s == old.policy.webhooks.remember_s:
                 new = replace(new, deliveries=old.deliveries)
@@ -301,6 +311,10 @@ class Gateway:
         out.path = target.path
         host = head.get("host", "") or ""
         route = policy.table.match(head.method, host_without_port(host), target.path)
+        if route is AMBIGUOUS:
+            self._deny(ex, out, Reason.PATH_AMBIGUOUS)
+            return None
+        assert not isinstance(route, Ambiguous)
         access = route.access if route is not None else policy.default
         out.route, out.access = route, access.value
         trusted = self._trusted(head, policy)
@@ -447,7 +461,13 @@ class Gateway:
                     return self._upstream_failed(ex, out, upstream, exc)
                 ex.upstream_transport = conn.transport
                 streamed = body is None and head.has_body
-                done = conn.begin(ex, sent, head_only=head.method == "HEAD", body_pending=streamed)
+                done = conn.begin(
+                    ex,
+                    sent,
+                    head_only=head.method == "HEAD",
+                    body_pending=streamed,
+                    upgrade=head.upgrade,
+                )
                 if body is not None:
                     conn.write_body(body)
                 elif streamed:

@@ -102,8 +102,11 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_header_bytes: int = 16_384
+    max_header_bytes: int = 16_384  # one header line, and what is buffered of an unfinished one
     max_request_line_bytes: int = 8_192
+    max_head_bytes: int = 65_536  # request line and every header together
+    request_head_timeout_s: float = 30.0  # from the first byte of a request to its last header
+    body_idle_timeout_s: float = 60.0  # the longest gap between two request-body reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,10 @@ class Policy:
     unauthorized_url: str = "/unauthorized"
     role_claim: tuple[str, ...] | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
-    case_insensitive_paths: bool = False
+    # None: refuse a path that matches differently once folded (case, trailing dots and
+    # spaces); True: fold and match; False: match exactly, never refuse
+    case_insensitive_paths: bool | None = None
+    strip_headers: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     identity_headers: IdentityHeaders = field(default_factory=IdentityHeaders)
     warnings: tuple[Problem, ...] = ()
@@ -217,6 +223,7 @@ _TOP_KEYS = (
     "trusted_proxies",
     "case_insensitive_paths",
     "limits",
+    "strip_headers",
     "identity_headers",
     "default",
     "routes",
@@ -241,7 +248,7 @@ _WEBHOOK_KEYS = ("secrets", "remember_s", "tolerance_s", "max_body_bytes")
 _UPSTREAM_KEYS = ("url", "connect_timeout_s", "read_timeout_s", "preserve_host")
 _ROUTE_KEYS = ("path", "methods", "host", "access", "accept_pending", "require", "upstream", "name")
 _REQUIRE_KEYS = ("roles", "org_roles", "org_permissions")
-_LIMIT_KEYS = ("max_header_bytes", "max_request_line_bytes")
+_LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
 _IDENTITY_KEYS = tuple(IdentityHeaders.__dataclass_fields__)
 _METHODS = frozenset(
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
@@ -261,8 +268,10 @@ class _Reader(Reader):
         clerk = self.clerk(root.get("clerk"))
         webhooks = self.webhooks(root.get("webhooks"))
         upstreams = self.upstreams(root.get("upstream"), root.get("upstreams"))
-        ci = self.boolean("case_insensitive_paths", root.get("case_insensitive_paths"), False)
-        routes = self.routes(root.get("routes"), upstreams, ci)
+        ci: bool | None = None
+        if root.get("case_insensitive_paths") is not None:
+            ci = self.boolean("case_insensitive_paths", root.get("case_insensitive_paths"), False)
+        routes = self.routes(root.get("routes"), upstreams, ci is True)
         default = self.access("default", root.get("default"), Access.PROTECTED)
         if default is Access.WEBHOOK:
             self.error("default", "the default access cannot be 'webhook'")
@@ -289,6 +298,7 @@ class _Reader(Reader):
             role_claim=role_claim,
             trusted_proxies=self.networks("trusted_proxies", root.get("trusted_proxies")),
             case_insensitive_paths=ci,
+            strip_headers=self.header_names("strip_headers", root.get("strip_headers")),
             limits=self.limits(root.get("limits")),
             identity_headers=self.identity_headers(root.get("identity_headers")),
         )
@@ -566,17 +576,50 @@ class _Reader(Reader):
 
     def limits(self, value: Any) -> Limits:
         raw = self.mapping("limits", value, _LIMIT_KEYS)
-        return Limits(
+        d = Limits()
+        limits = Limits(
             max_header_bytes=self.integer(
-                "limits.max_header_bytes", raw.get("max_header_bytes"), 16_384, minimum=256
+                "limits.max_header_bytes",
+                raw.get("max_header_bytes"),
+                d.max_header_bytes,
+                minimum=256,
             ),
             max_request_line_bytes=self.integer(
                 "limits.max_request_line_bytes",
                 raw.get("max_request_line_bytes"),
-                8_192,
+                d.max_request_line_bytes,
                 minimum=256,
             ),
+            max_head_bytes=self.integer(
+                "limits.max_head_bytes", raw.get("max_head_bytes"), d.max_head_bytes, minimum=1024
+            ),
+            request_head_timeout_s=self.number(
+                "limits.request_head_timeout_s",
+                raw.get("request_head_timeout_s"),
+                d.request_head_timeout_s,
+                minimum=0.1,
+            ),
+            body_idle_timeout_s=self.number(
+                "limits.body_idle_timeout_s",
+                raw.get("body_idle_timeout_s"),
+                d.body_idle_timeout_s,
+                minimum=0.1,
+            ),
         )
+        if limits.max_head_bytes < max(limits.max_header_bytes, limits.max_request_line_bytes):
+            self.error(
+                "limits.max_head_bytes",
+                "must be at least max_header_bytes and max_request_line_bytes "
+                f"({max(limits.max_header_bytes, limits.max_request_line_bytes)})",
+            )
+        return limits
+
+    def header_names(self, path: str, value: Any) -> tuple[str, ...]:
+        names = self.strings(path, value) or ()
+        for i, name in enumerate(names):
+            if not set(name) <= _TOKEN_CHARS:
+                self.error(f"{path}[{i}]", f"{name!r} is not a valid header name")
+        return names
 
     def identity_headers(self, value: Any) -> IdentityHeaders:
         raw = self.mapping("identity_headers", value, _IDENTITY_KEYS)

@@ -26,6 +26,8 @@ class Reason(enum.StrEnum):
     REQUEST_MALFORMED = "request-malformed"
     REQUEST_HEADER_TOO_LARGE = "request-header-too-large"
     REQUEST_LINE_TOO_LONG = "request-line-too-long"
+    REQUEST_HEAD_TIMEOUT = "request-head-timeout"
+    REQUEST_BODY_TIMEOUT = "request-body-timeout"
     # session (Clerk's names)
     SESSION_TOKEN_MISSING = "session-token-missing"
     SESSION_PENDING = "session-pending"
@@ -62,6 +64,9 @@ class Reason(enum.StrEnum):
     UPSTREAM_UNREACHABLE = "upstream-unreachable"
     UPSTREAM_RESET = "upstream-reset"
     UPSTREAM_TIMEOUT = "upstream-timeout"
+    UPSTREAM_INVALID_RESPONSE = "upstream-invalid-response"
+    # the gateway's own failure: a bug, logged with its traceback
+    INTERNAL_ERROR = "internal-error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,12 @@ duplicate Content-Length and bad chunk sizes; we also refuse any Transfer-Encodi
 A connection handles one exchange at a time; pipelined requests wait their turn with
 the socket paused. Request bodies stream to the upstream as they arrive and responses
 stream back, each direction pausing the other when a socket's buffer fills up.
+
+Limits hold as bytes arrive, never only once a header is complete: llhttp buffers an
+unfinished header itself, so the unfinished line is measured after every read. Every
+connection is in a phase with its own deadline (a head must arrive whole within
+`request_head_timeout_s`, a body may not stall longer than `body_idle_timeout_s`, an idle
+keep-alive connection lives `IDLE_TIMEOUT_S`), checked by one sweeper, not a timer each.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from gateway.config import Limits
 from gateway.decision import Reason
 from gateway.responses import body_of, status_of
 
-MAX_HEAD_BYTES = 65_536  # all request headers together, whatever the per-header limit
 MAX_HEADERS = 128
 BODY_BUFFER = 256 * 1024  # buffered request body before the client is paused
 IDLE_TIMEOUT_S = 75.0
+LINGER_S = 2.0  # after a refusal, how long unread client bytes are still read and dropped
+LINGER_BYTES = 1 << 20
 _PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
@@ -223,6 +230,14 @@ class Exchange:
 # Handles an exchange: None when it is already answered, else what to run in a task.
 Handler = Callable[[Exchange], Callable[[], Coroutine[Any, Any, None]] | None]
 
+# What a connection is waiting for, and so which deadline applies.
+FRESH = 0  # accepted, nothing received: closed silently after the head timeout
+HEAD = 1  # part of a request head received: 408 after the head timeout
+BODY = 2  # a request body is being received: 408 when it stalls
+BUSY = 3  # the request is complete; its response is on its way (upstream deadlines apply)
+IDLE = 4  # keep-alive between requests: closed silently after the idle timeout
+TUNNEL = 5  # an upgraded connection: bytes flow both ways until either side closes
+
 
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection."""
@@ -238,11 +253,18 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ""
         self.secure = False
         self.parser_keep_alive = True
+        self._limits = limits()
         self._url: list[bytes] = []
         self._url_len = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_len = 0
+        self._line = 0  # bytes of the unfinished line of a head (llhttp buffers it)
         self._limit_hit: Reason | None = None
+        self.phase = FRESH
+        self.since = 0.0  # loop time the phase began (for BODY: the last progress seen)
+        self.progress = 0  # request-body reads, so the sweeper can tell a stall
+        self.seen_progress = 0
+        self._lingering = 0  # > 0: half-closed, dropping at most this many more bytes
         self._receiving: Exchange | None = None
         self._active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
@@ -250,7 +272,6 @@ class ClientConnection(asyncio.Protocol):
         self._paused = False
         self._writing_paused = False
         self._tunnel: asyncio.Transport | None = None
-        self.idle_since = 0.0  # loop time the connection last became idle; 0: busy
         self._closing = False
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
@@ -261,13 +282,12 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.secure = transport.get_extra_info("sslcontext") is not None
+        self.since = asyncio.get_running_loop().time()
         self.tracker.add(self)
-        self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.tracker.discard(self)
-        self._cancel_idle()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client went away: so does the upstream request
         if self._tunnel is not None:
@@ -298,7 +318,11 @@ class ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.write(data)
             return
-        self._cancel_idle()
+        if self._lingering:
+            self._lingering -= len(data)
+            if self._lingering <= 0 and self.transport is not None:
+                self.transport.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -306,31 +330,52 @@ class ClientConnection(asyncio.Protocol):
             if exchange is not None:
                 exchange.upgrade_tail = data[upgrade.args[0] :]
             self.pause_reading()  # bytes after an upgrade belong to the new protocol
+            return
         except httptools.HttpParserError:
             self._refuse(self._limit_hit or Reason.REQUEST_MALFORMED)
+            return
+        if self.phase == HEAD:
+            self._check_unfinished_line(data)
+        elif self.phase == BODY:
+            self.progress += 1
+
+    def _check_unfinished_line(self, data: bytes) -> None:
+        """The part of a head llhttp holds unparsed is the line after the last LF: bound it
+        now, whatever the client keeps sending (the whole head is bounded in on_header)."""
+        end = data.rfind(b"\n")
+        self._line = self._line + len(data) if end == -1 else len(data) - end - 1
+        limits = self._limits
+        if (
+            self._line > limits.max_header_bytes
+            or self._line + self._head_len > limits.max_head_bytes
+        ):
+            self._refuse(Reason.REQUEST_HEADER_TOO_LARGE)
 
     # ---- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._limits = self.limits()  # a reload applies from the next request on
         self._url = []
         self._url_len = 0
         self._headers = []
         self._head_len = 0
+        self._line = 0
         self._limit_hit = None
+        self._enter(HEAD)
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
         self._url_len += len(url)
-        if self._url_len + 20 > self.limits().max_request_line_bytes:
+        if self._url_len + 20 > self._limits.max_request_line_bytes:
             self._limit_hit = Reason.REQUEST_LINE_TOO_LONG
             raise httptools.HttpParserCallbackError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value) + 2
+        size = len(name) + len(value) + 4
         self._head_len += size
         if (
-            size > self.limits().max_header_bytes
-            or self._head_len > MAX_HEAD_BYTES
+            size > self._limits.max_header_bytes
+            or self._head_len + self._url_len > self._limits.max_head_bytes
             or len(self._headers) >= MAX_HEADERS
         ):
             self._limit_hit = Reason.REQUEST_HEADER_TOO_LARGE
@@ -342,6 +387,7 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise httptools.HttpParserCallbackError("unsupported HTTP version")
+        upgrade = parser.should_upgrade()  # an Upgrade request, or any CONNECT
         self.parser_keep_alive = parser.should_keep_alive()
         headers: list[tuple[str, str]] = []
         index: dict[str, str] = {}
@@ -360,10 +406,15 @@ class ClientConnection(asyncio.Protocol):
                     # "gzip, chunked" and friends: we would not re-encode them faithfully
                     raise httptools.HttpParserCallbackError("unsupported transfer-encoding")
                 chunked = True
+        method = parser.get_method()
+        if upgrade and (method == b"CONNECT" or chunked or content_length):
+            # llhttp skips the body of an upgrade: its bytes would reach the upstream as the
+            # next request (request smuggling). A tunnel to anywhere is never ours to open.
+            raise httptools.HttpParserCallbackError("upgrade with a body, or CONNECT")
         # raw UTF-8 stays meaningful; invalid bytes become lone surrogates, which paths.py refuses
         url = b"".join(self._url).decode("utf-8", "surrogateescape")
         head = RequestHead(
-            method=parser.get_method().decode("ascii", "replace"),
+            method=method.decode("ascii", "replace"),
             target=url,
             version=version,
             headers=headers,
@@ -372,8 +423,9 @@ class ClientConnection(asyncio.Protocol):
             secure=self.secure,
             content_length=content_length,
             chunked=chunked,
-            upgrade=parser.should_upgrade(),
+            upgrade=upgrade,
         )
+        self._enter(BODY if head.has_body else BUSY)
         exchange = Exchange(self, head)
         self._receiving = exchange
         if self._active is None:
@@ -387,8 +439,23 @@ class ClientConnection(asyncio.Protocol):
             self._receiving.feed_body(body)
 
     def on_message_complete(self) -> None:
+        self.phase = BUSY
         if self._receiving is not None:
             self._receiving.end_body()
+
+    def _enter(self, phase: int) -> None:
+        self.phase = phase
+        self.since = asyncio.get_running_loop().time()
+        self.seen_progress = self.progress
+
+    def timed_out(self) -> None:
+        """Called by the sweeper when this connection's phase outlived its deadline."""
+        if self.phase == HEAD:
+            self._refuse(Reason.REQUEST_HEAD_TIMEOUT)
+        elif self.phase == BODY:
+            self._refuse(Reason.REQUEST_BODY_TIMEOUT)
+        else:
+            self.close()  # nothing was asked: nothing to answer
 
     # ---- exchanges --------------------------------------------------------------------------
 
@@ -408,7 +475,8 @@ class ClientConnection(asyncio.Protocol):
         try:
             await then()
         except asyncio.CancelledError:
-            self.abort()
+            if not self._closing:
+                self.abort()  # the client is gone or we gave up: a partial response must not look whole
             raise
         except Exception:
             self._crashed(exchange)
@@ -427,7 +495,10 @@ class ClientConnection(asyncio.Protocol):
     def _finished(self, exchange: Exchange) -> None:
         if self._tunnel is not None:
             return
-        if not exchange.keep_alive or not exchange.body_complete or not exchange.response_done:
+        if not exchange.body_complete:
+            self._linger()  # the client may still be sending the body we did not read
+            return
+        if not exchange.keep_alive or not exchange.response_done:
             self.close()
             return
         self._active = None
@@ -437,8 +508,9 @@ class ClientConnection(asyncio.Protocol):
             if not self._queue:
                 self.resume_reading()
         else:
+            if self.phase == BUSY:
+                self._enter(IDLE)
             self.resume_reading()
-            self._arm_idle()
 
     def _refuse(self, reason: Reason) -> None:
         """A request we cannot even parse: answer, then close the connection."""
@@ -458,11 +530,31 @@ class ClientConnection(asyncio.Protocol):
             self._task.cancel()
         self.tracker.refused(reason)
         self.write(response)
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a response while the client may still be sending: half-close, then
+        read and drop its bytes for a moment. Closing a socket with unread bytes sends a
+        reset, which can destroy the response before the client reads it (RFC 9112 9.6)."""
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        if not transport.can_write_eof():
+            self.close()
+            return
+        self._closing = True
+        self._lingering = LINGER_BYTES
+        self.phase = TUNNEL  # no deadline of the sweeper's: the timer below ends it
+        transport.write_eof()
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def tunnel(self, upstream: asyncio.Transport, upstream_tail: bytes, client_tail: bytes) -> None:
         """After a 101: bytes flow both ways unparsed until either side closes."""
         self._tunnel = upstream
+        self.phase = TUNNEL
         client = self.transport
         assert client is not None
         out: asyncio.Transport = client
@@ -517,19 +609,16 @@ class ClientConnection(asyncio.Protocol):
     def busy(self) -> bool:
         return self._active is not None
 
-    # Idle keep-alive connections are closed by the tracker's sweeper, not by a timer per
-    # request.
-    def _arm_idle(self) -> None:
-        self.idle_since = asyncio.get_running_loop().time()
-
-    def _cancel_idle(self) -> None:
-        self.idle_since = 0.0
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
 
 
 @dataclass
 class ConnectionTracker:
-    """Open client connections, for draining on shutdown; counts refused requests."""
+    """Open client connections: their deadlines, draining on shutdown, refused requests."""
 
+    limits: Callable[[], Limits] = Limits
     connections: set[ClientConnection] = field(default_factory=set)
     on_refused: Callable[[Reason], None] | None = None
     idle_timeout_s: float = IDLE_TIMEOUT_S
@@ -541,11 +630,27 @@ class ConnectionTracker:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
+        """Deadlines checked a few times per shortest timeout: a float compare per
+        connection instead of a timer created and cancelled on every read."""
+        loop = asyncio.get_running_loop()
         while self.connections:
-            await asyncio.sleep(min(5.0, self.idle_timeout_s / 2))
-            cutoff = asyncio.get_running_loop().time() - self.idle_timeout_s
-            for conn in [c for c in self.connections if 0.0 < c.idle_since <= cutoff]:
-                conn.close()
+            limits = self.limits()
+            head_s, body_s = limits.request_head_timeout_s, limits.body_idle_timeout_s
+            await asyncio.sleep(min(1.0, max(0.05, min(head_s, body_s, self.idle_timeout_s) / 4)))
+            now = loop.time()
+            for conn in list(self.connections):
+                phase = conn.phase
+                if phase in (HEAD, FRESH):
+                    if now - conn.since > head_s:
+                        conn.timed_out()
+                elif phase == BODY:
+                    if conn.reading_paused or conn.progress != conn.seen_progress:
+                        # progress, or paused by us (backpressure): not the client's stall
+                        conn.since, conn.seen_progress = now, conn.progress
+                    elif now - conn.since > body_s:
+                        conn.timed_out()
+                elif phase == IDLE and now - conn.since > self.idle_timeout_s:
+                    conn.close()
 
     def discard(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)

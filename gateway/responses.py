@@ -18,6 +18,8 @@ _STATUS: dict[Reason, int] = {
     Reason.WEBHOOK_IN_PROGRESS: 409,
     Reason.REQUEST_HEADER_TOO_LARGE: 431,
     Reason.REQUEST_LINE_TOO_LONG: 414,
+    Reason.REQUEST_HEAD_TIMEOUT: 408,
+    Reason.REQUEST_BODY_TIMEOUT: 408,
     Reason.ROLE_REQUIRED: 403,
     Reason.ORG_ROLE_REQUIRED: 403,
     Reason.ORG_PERMISSION_REQUIRED: 403,
@@ -33,6 +35,8 @@ _STATUS: dict[Reason, int] = {
     Reason.UPSTREAM_UNREACHABLE: 502,
     Reason.UPSTREAM_RESET: 502,
     Reason.UPSTREAM_TIMEOUT: 504,
+    Reason.UPSTREAM_INVALID_RESPONSE: 502,
+    Reason.INTERNAL_ERROR: 500,
 }
 # Everything else is a failed or missing session: 401.
 
@@ -41,10 +45,12 @@ _ERROR_KIND = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     414: "uri_too_long",
     431: "request_header_fields_too_large",
+    500: "internal",
     502: "bad_gateway",
     503: "unavailable",
     504: "gateway_timeout",

@@ -52,7 +52,7 @@ async def start(
 ) -> Listeners:
     await gateway.start()
     loop = asyncio.get_running_loop()
-    tracker = ConnectionTracker(on_refused=gateway.refused)
+    tracker = ConnectionTracker(limits=gateway.limits, on_refused=gateway.refused)
     public = await loop.create_server(
         lambda: ClientConnection(gateway.handle, gateway.limits, tracker),
         listen.host,

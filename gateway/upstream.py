@@ -75,6 +75,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._reused = False
         self._close_delimited = False
         self._body_pending = False
+        self._upgrade = False  # this exchange asked for an upgrade
+        self._in_head = False  # a response head is being received
+        self._line = 0  # bytes of its unfinished line, which llhttp buffers
         self._reason = b""
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
@@ -100,10 +103,14 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._sink is not None:
             self._sink.pause_client_reading()
+        if self._body_pending:
+            self._arm_timer()  # an upstream that stops reading the body is a timeout too
 
     def resume_writing(self) -> None:
         if self._sink is not None:
             self._sink.resume_client_reading()
+        if self._body_pending:
+            self._cancel_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:
@@ -116,9 +123,20 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             self._upgraded(data[offset:])
+            return
         except httptools.HttpParserError:
-            self._fail(UpstreamFailure(Reason.UPSTREAM_RESET, "protocol"))
-            self.close()
+            self._invalid()
+            return
+        if self._in_head:
+            # llhttp holds an unfinished header line itself: bound it as it grows
+            end = data.rfind(b"\n")
+            self._line = self._line + len(data) if end == -1 else len(data) - end - 1
+            if self._line + self._head_bytes > MAX_RESPONSE_HEAD:
+                self._invalid()
+
+    def _invalid(self) -> None:
+        self._fail(UpstreamFailure(Reason.UPSTREAM_INVALID_RESPONSE, "invalid-response"))
+        self.close()
 
     # ---- httptools callbacks ----------------------------------------------------------------
 
@@ -140,6 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= self._status < 200:
             self._headers = []  # informational: dropped; the final response follows
             return
+        self._in_head = False
         no_body = self._head_only or self._status in (204, 304)
         length = None
         chunked = False
@@ -185,6 +204,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._status = 0
                 self._headers = []
                 self._head_bytes = 0
+                self._line = 0
             return
         if not self._complete:
             self._message_complete()
@@ -192,12 +212,24 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- one exchange -----------------------------------------------------------------------
 
     def begin(
-        self, sink: ResponseSink, head: bytes, *, head_only: bool, body_pending: bool = False
+        self,
+        sink: ResponseSink,
+        head: bytes,
+        *,
+        head_only: bool,
+        body_pending: bool = False,
+        upgrade: bool = False,
     ) -> asyncio.Future[ExchangeResult]:
-        """Send a request head; `body_pending`: body bytes follow until `body_sent()`."""
+        """Send a request head; `body_pending`: body bytes follow until `body_sent()`.
+
+        The read timeout runs from the end of the request body: an upload that keeps
+        flowing is the client's business (its body idle timeout), not the upstream's."""
         assert self.transport is not None
         self._sink = sink
         self._body_pending = body_pending
+        self._upgrade = upgrade
+        self._in_head = True
+        self._line = 0
         self._done = self.loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
@@ -209,7 +241,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._close_delimited = False
         self.transport.write(head)
-        self._arm_timer()
+        if not body_pending:
+            self._arm_timer()
         return self._done
 
     def write_body(self, chunk: bytes) -> None:
@@ -218,6 +251,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def body_sent(self) -> None:
         self._body_pending = False
+        if not self._complete and self._done is not None:
+            self._arm_timer()
 
     def _message_complete(self) -> None:
         self._complete = True
@@ -225,8 +260,12 @@ class UpstreamConnection(asyncio.Protocol):
         sink, done = self._sink, self._done
         # A response that arrives before the whole request body was sent (an early 413,
         # say) leaves the connection mid-request: it must never carry another exchange.
+        # Nor an upgrade the upstream declined: it may still expect the new protocol.
         keep = (
-            self._parser is not None and self._parser.should_keep_alive() and not self._body_pending
+            self._parser is not None
+            and self._parser.should_keep_alive()
+            and not self._body_pending
+            and not self._upgrade
         )
         self._sink = None
         self._parser = None

@@ -171,8 +171,11 @@ class KeyCache:
             self._last_kid_fetch = self._now()
             self._kick()
         assert self._inflight is not None
+        # A request waits for one attempt at most; retries go on in the background, so a
+        # hanging key server cannot hold requests for every attempt and backoff.
         with contextlib.suppress(Exception):
-            await asyncio.shield(self._inflight)
+            async with asyncio.timeout(self.settings.jwks.fetch_timeout_s):
+                await asyncio.shield(self._inflight)
         key = self._keys.get(kid)
         return key if key is not None else Reason.JWK_KID_MISMATCH
 
@@ -183,6 +186,24 @@ class KeyCache:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
                 await self._got_keys.wait()
+        return self.usable()
+
+    async def wait_first_fetch(self) -> bool:
+        """Wait for the fetch started by `start()` (every attempt, bounded by their
+        timeouts); True when it brought usable keys."""
+        if self.usable() or not self.remote:
+            return self.usable()
+        jwks = self.settings.jwks
+        bound = jwks.fetch_attempts * (jwks.fetch_timeout_s + 2.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(bound):
+                while not self.usable() and (self.fetch_ok + self.fetch_failed) == 0:
+                    inflight = self._inflight
+                    if inflight is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(inflight)
+                    else:
+                        await asyncio.sleep(0.01)
         return self.usable()
 
     def stats(self) -> KeyCacheStats:

@@ -239,15 +239,23 @@ class Running:
 
 
 @pytest.fixture
+def policy_edit() -> Callable[[str], str]:
+    """How a test module changes the shared test policy: override this fixture."""
+    return lambda text: text
+
+
+@pytest.fixture
 async def gw(
     devclerk: DevClerk,
     clerk_server: TestServer,
     upstream: tuple[Upstream, TestServer],
     tmp_path: Path,
+    policy_edit: Callable[[str], str],
 ) -> AsyncIterator[Running]:
     state, server = upstream
     path = tmp_path / "routes.yaml"
-    path.write_text(policy_text(devclerk, clerk_server, str(server.make_url("")).rstrip("/")))
+    text = policy_text(devclerk, clerk_server, str(server.make_url("")).rstrip("/"))
+    path.write_text(policy_edit(text))
     gateway = Gateway(str(path), env={})
     listeners = await start(gateway, Address(LOOPBACK, 0), Address(LOOPBACK, 0), drain_timeout_s=5)
     assert gateway.keys is not None
@@ -294,6 +302,26 @@ async def raw_request(
             return status, headers, body
         finally:
             writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    gw: Running,
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """A hand-written upstream behind the policy's `dead` upstream (routes /dead/**)."""
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    text = gw.policy_path.read_text().replace(
+        "url: http://127.0.0.1:9\n", f"url: http://127.0.0.1:{port}\n"
+    )
+    gw.policy_path.write_text(text)
+    assert await gw.gateway.reload()
+    try:
+        yield
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def echoed(body: bytes) -> dict[str, Any]:

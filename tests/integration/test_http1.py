@@ -3,34 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.integration.conftest import LOOPBACK, Running, raw_connection, raw_request
-
-
-@contextlib.asynccontextmanager
-async def raw_upstream(
-    gw: Running,
-    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> AsyncIterator[None]:
-    """A hand-written upstream behind the policy's `dead` upstream (routes /dead/**)."""
-    server = await asyncio.start_server(serve, LOOPBACK, 0)
-    port = server.sockets[0].getsockname()[1]
-    text = gw.policy_path.read_text().replace(
-        "url: http://127.0.0.1:9\n", f"url: http://127.0.0.1:{port}\n"
-    )
-    gw.policy_path.write_text(text)
-    assert await gw.gateway.reload()
-    try:
-        yield
-    finally:
-        server.close()
-        await server.wait_closed()
-
+from tests.integration.conftest import Running, raw_connection, raw_request, raw_upstream
 
 SMUGGLING = [
     (
