@@ -111,6 +111,7 @@ class Gateway:
         self._watch_task: asyncio.Task[None] | None = None
         self._file_state: tuple[float, int] | None = None
         self._reload_lock = asyncio.Lock()
+        self.readiness_checks: list[Callable[[], tuple[bool, str]]] = []
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -168,6 +169,10 @@ class Gateway:
             return False, "policy-not-loaded"
         if self.keys is None or not self.keys.usable():
             return False, Reason.JWK_REMOTE_FAILED_TO_LOAD.value
+        for check in self.readiness_checks:
+            ok, why = check()
+            if not ok:
+                return False, why
         return True, "ready"
 
     # ---- reloads ----------------------------------------------------------------------------

@@ -622,9 +622,17 @@ class ConnectionTracker:
     connections: set[ClientConnection] = field(default_factory=set)
     on_refused: Callable[[Reason], None] | None = None
     idle_timeout_s: float = IDLE_TIMEOUT_S
+    max_connections: int = 1 << 20
+    over_limit: int = 0  # connections closed at once because max_connections were open
     _sweeper: asyncio.Task[None] | None = None
 
     def add(self, conn: ClientConnection) -> None:
+        if len(self.connections) >= self.max_connections:
+            # keep descriptors for the admin port, upstreams and key fetches: a flood of
+            # connections must not take the health checks down with it
+            self.over_limit += 1
+            conn.abort()
+            return
         self.connections.add(conn)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())

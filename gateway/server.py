@@ -7,10 +7,17 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
+import resource
 import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from multiprocessing.sharedctypes import Synchronized
 
 from aiohttp import web
 
@@ -52,7 +59,9 @@ async def start(
 ) -> Listeners:
     await gateway.start()
     loop = asyncio.get_running_loop()
-    tracker = ConnectionTracker(limits=gateway.limits, on_refused=gateway.refused)
+    tracker = ConnectionTracker(
+        limits=gateway.limits, on_refused=gateway.refused, max_connections=raise_fd_limit()
+    )
     public = await loop.create_server(
         lambda: ClientConnection(gateway.handle, gateway.limits, tracker),
         listen.host,
@@ -87,8 +96,19 @@ def _bound(runner: web.BaseRunner, wanted: Address) -> Address:
     return wanted
 
 
-async def run_until_stopped(settings: Settings, *, reuse_port: bool = False) -> int:
+async def run_until_stopped(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    siblings: Callable[[], bool] | None = None,
+) -> int:
+    """Serve until SIGTERM. `siblings`: with --workers N, whether all N are running (a
+    worker answers /readyz 503 while the supervisor restarts a dead sibling)."""
     gateway = Gateway(settings.config)
+    if siblings is not None:
+        gateway.readiness_checks.append(
+            lambda: (True, "ready") if siblings() else (False, "workers-missing")
+        )
     try:
         listeners = await start(
             gateway,
@@ -137,10 +157,30 @@ def _use_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, running: Synchronized[int]) -> None:
     configure()
     _use_uvloop()
-    sys.exit(asyncio.run(run_until_stopped(settings, reuse_port=True)))
+    siblings = partial(_all_running, running, settings.workers)
+    sys.exit(asyncio.run(run_until_stopped(settings, reuse_port=True, siblings=siblings)))
+
+
+def _all_running(running: Synchronized[int], wanted: int) -> bool:
+    return running.value >= wanted
+
+
+FD_RESERVE = 256  # descriptors kept for the admin port, upstreams and key fetches
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one; the number of client connections
+    the public port may hold so that the admin port, upstream connections and key fetches
+    still get descriptors when a flood of connections arrives."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(64, min(soft, 1 << 20) // 2 - FD_RESERVE)
 
 
 def serve(settings: Settings) -> int:
@@ -148,26 +188,71 @@ def serve(settings: Settings) -> int:
     if settings.workers == 1:
         _use_uvloop()
         return asyncio.run(run_until_stopped(settings))
-    # N processes share the ports with SO_REUSEPORT; the kernel spreads connections.
-    ctx = multiprocessing.get_context("spawn")
-    workers = [
-        ctx.Process(target=_worker, args=(settings,), daemon=False) for _ in range(settings.workers)
-    ]
-    for worker in workers:
-        worker.start()
+    return Supervisor(settings).run()
 
-    def forward(signum: int, _frame: object) -> None:
-        for worker in workers:
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Supervisor:
+    """N worker processes sharing the ports with SO_REUSEPORT (the kernel spreads
+    connections); a worker that dies is restarted, and until it is back every worker's
+    /readyz answers 503. A worker that refuses to start (exit 1: bad policy, port in use)
+    is not restarted: the whole gateway stops with exit 1."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx = multiprocessing.get_context("spawn")
+        self.running: Synchronized[int] = self.ctx.Value("i", 0)
+        self.alive: list[multiprocessing.process.BaseProcess] = []
+        self.stopping = False
+        self.failed = False
+        self._crashes = 0
+
+    def _spawn(self) -> None:
+        worker = self.ctx.Process(target=_worker, args=(self.settings, self.running))
+        worker.start()
+        self.alive.append(worker)
+        self.running.value = len(self.alive)
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+        for worker in self.alive:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    failed = False
-    for worker in workers:
-        worker.join()
-        # a worker stopped by the signal itself (before its handlers were installed) is a
-        # clean stop too; any other non-zero exit is a failure
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._forward)
+        for _ in range(self.settings.workers):
+            self._spawn()
+        while self.alive:
+            multiprocessing.connection.wait([w.sentinel for w in self.alive], timeout=1.0)
+            for worker in [w for w in self.alive if w.exitcode is not None]:
+                self.alive.remove(worker)
+                self.running.value = len(self.alive)
+                self._reap(worker)
+        return 1 if self.failed else 0
+
+    def _reap(self, worker: multiprocessing.process.BaseProcess) -> None:
         code = worker.exitcode or 0
-        failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
-    return 1 if failed else 0
+        if self.stopping or self.failed:
+            # a worker stopped by the signal itself (before its handlers were installed)
+            # is a clean stop too; any other exit is a failure
+            self.failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
+            return
+        if code == 1:
+            log.error("worker refused to start; stopping", extra={"pid": worker.pid})
+            self.failed = True
+            self._forward(signal.SIGTERM, None)
+            return
+        delay = RESTART_BACKOFF_S[min(self._crashes, len(RESTART_BACKOFF_S) - 1)]
+        self._crashes += 1
+        log.error(
+            "worker died; restarting",
+            extra={"pid": worker.pid, "exitcode": code, "restart_in_s": delay},
+        )
+        time.sleep(delay)  # signals still arrive: the handler sets `stopping`
+        if not self.stopping:
+            self._spawn()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -169,6 +170,53 @@ async def test_workers_share_the_port_and_stop_together(
         output = (await proc.stdout.read()).decode()
         assert output.count('"msg":"draining"') == 2  # both stopped gracefully
         assert len(state.requests) == 20
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_killed_worker_is_restarted_and_readyz_says_so_meanwhile(
+    tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
+) -> None:
+    _, server = held_upstream
+    port, admin = free_port(), free_port()
+    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--workers", "2")
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def next_listening() -> int:
+        while True:
+            line = (await stdout.readline()).decode()
+            assert line, "the gateway exited early"
+            if '"msg":"listening"' in line:
+                pid: int = json.loads(line)["pid"]
+                return pid
+
+    try:
+        async with asyncio.timeout(30):
+            pids = {await next_listening(), await next_listening()}
+        await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+            restarted = asyncio.create_task(next_listening())
+            while not restarted.done():
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(
+                        f"http://{LOOPBACK}:{admin}/readyz", headers={"Connection": "close"}
+                    ) as r:
+                        statuses.append(r.status)
+                await asyncio.sleep(0.05)
+            new_pid = await restarted
+        assert new_pid not in pids
+        assert 503 in statuses  # the surviving worker said a sibling was missing
+        await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        output = (await stdout.read()).decode()
+        assert output.count('"msg":"draining"') == 2  # the survivor and the new worker
     finally:
         if proc.returncode is None:
             proc.kill()
