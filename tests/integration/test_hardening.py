@@ -60,9 +60,12 @@ class LazyUpstream:
     """Answers every request head at once and reads the declared body only afterwards,
     as aiohttp and Node do: a body that never comes swallows the next request's bytes."""
 
+    REQUEST_LINE = re.compile(rb"[A-Z]+ /[^ ]* HTTP/1\.1")
+
     def __init__(self) -> None:
         self.requests: list[tuple[bytes, dict[bytes, bytes]]] = []
         self.heads: list[bytes] = []
+        self.desyncs: list[bytes] = []  # heads that are not a request: framing went wrong
         self.connections = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -76,17 +79,27 @@ class LazyUpstream:
                     name, sep, value = line.partition(b":")
                     if sep:
                         headers[name.strip().lower()] = value.strip()
+                if not self.REQUEST_LINE.fullmatch(lines[0]):
+                    self.desyncs.append(head)
                 self.requests.append((lines[0], headers))
                 self.heads.append(head)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
-                length = int(headers.get(b"content-length", b"0"))
-                if length:
+                if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+                    await self._read_chunked(reader)
+                elif length := int(headers.get(b"content-length", b"0")):
                     await reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    async def _read_chunked(reader: asyncio.StreamReader) -> None:
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        while await reader.readuntil(b"\r\n") != b"\r\n":
+            pass  # trailers
 
 
 # ---- 1. request smuggling through Upgrade ------------------------------------------------

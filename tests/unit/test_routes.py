@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.decision import Access
-from gateway.paths import normalise_path
+from gateway.paths import fold_path, normalise_path
 from gateway.routes import (
+    Ambiguous,
     HostPattern,
     PatternError,
     Route,
@@ -159,3 +160,74 @@ def test_a_path_matches_like_its_normalised_form(segments: list[str], method: st
     first = TABLE.match(method, "app", normal)
     again = TABLE.match(method, "app", normalise_path(normal) or "")
     assert first == again
+
+
+# ---- folding: paths a case-insensitive upstream reads as another route --------------------
+
+FOLD_TABLE = [
+    _route(0, ["/admin/**"], Access.ADMIN),
+    _route(1, ["/public/**", "/Docs/**"], Access.PUBLIC),
+    _route(2, ["/internal/**"], Access.DENY),
+    _route(3, ["regex:/api/v[0-9]+/x"], Access.PUBLIC),
+]
+
+FOLD_CASES = [
+    # (description, path, route index exactly, under the unset default)
+    ("upper case of an admin path", "/ADMIN/x", None, "ambiguous"),
+    ("mixed case", "/Admin/x", None, "ambiguous"),
+    ("a trailing dot IIS strips", "/admin./x", None, "ambiguous"),
+    ("a trailing space IIS strips", "/admin%20/x", None, "ambiguous"),
+    ("dots and spaces together", "/admin.%20./x", None, "ambiguous"),
+    ("the bare deny prefix upper-cased", "/INTERNAL", None, "ambiguous"),
+    ("case inside a public route stays public", "/public/MyDoc.pdf", 1, 1),
+    ("a dot inside a segment is not trailing", "/public/v1.2/", 1, 1),
+    ("a pattern with capitals, spelled as written", "/Docs/a", 1, 1),
+    ("...and spelled otherwise folds to the same route", "/docs/a", None, "ambiguous"),
+    ("no route either way", "/elsewhere/X", None, None),
+    ("a regex route, exact", "/api/v1/x", 3, 3),
+    ("a regex route, upper-cased: the regex folds too", "/API/v1/X", None, "ambiguous"),
+    ("non-ASCII case folds", "/%C3%89COLE", None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "path", "exact", "default"), FOLD_CASES, ids=[c[0] for c in FOLD_CASES]
+)
+def test_folded_spellings(
+    description: str, path: str, exact: int | None, default: int | str | None
+) -> None:
+    def index(found: object) -> int | str | None:
+        if isinstance(found, Route):
+            return found.index
+        return None if found is None else "ambiguous"
+
+    routes = tuple(FOLD_TABLE)
+    assert index(RouteTable(routes).match("GET", "h", path)) == default, description
+    assert index(RouteTable(routes, case_insensitive=False).match("GET", "h", path)) == exact
+    folding = RouteTable(routes, case_insensitive=True).match("GET", "h", path)
+    assert not isinstance(folding, Ambiguous)  # folding decides, it never refuses
+
+
+def test_folding_matches_the_folded_route() -> None:
+    table = RouteTable(tuple(FOLD_TABLE), case_insensitive=True)
+    for path in ("/ADMIN/x", "/admin./x", "/admin%20/x"):
+        found = table.match("GET", "h", path)
+        assert isinstance(found, Route)
+        assert found.index == 0
+        assert found is FOLD_TABLE[0]  # the route as written, for labels and explain
+
+
+FOLD_PATHS = [
+    ("lower-cased", "/ADMIN/X", "/admin/x"),
+    ("trailing dots and spaces of each segment", "/a.%20/b./c", "/a/b/c"),
+    ("escapes keep upper-case hex", "/%C3%89", "/%C3%A9"),
+    ("already folded", "/x/y.z", "/x/y.z"),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "path", "folded"), FOLD_PATHS, ids=[c[0] for c in FOLD_PATHS]
+)
+def test_fold_path(description: str, path: str, folded: str) -> None:
+    assert fold_path(path) == folded, description
+    assert fold_path(folded) == folded  # a fixed point
