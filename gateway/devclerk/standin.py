@@ -1,11 +1,7 @@
-"""A local Clerk stand-in for the demo and the tests: keys, a JWKS, token minting.
+"""DevClerk: the stand-in's state and knobs, token minting, and its HTTP app.
 
-It serves the key set the way Clerk's Backend API does (`GET /v1/jwks`, answered only
-with `Authorization: Bearer <secret key>`) and the way a frontend API does
-(`/.well-known/jwks.json`), and mints session tokens with Clerk's real v2 claim shape
-(60 s lifetime, `nbf` 10 s before `iat`, `azp`, `sid`, `fva`, `v: 2`, the `cat` header,
-custom `metadata.role`). Tests use its knobs to rotate keys, go down, answer garbage or
-answer slowly, and count the fetches it served. It binds to loopback only.
+Session tokens have Clerk's real v2 claim shape (60 s lifetime, `nbf` 10 s before `iat`,
+`azp`, `sid`, `fva`, `v: 2`, the `cat` header, custom `metadata.role`).
 """
 
 from __future__ import annotations
@@ -24,44 +20,13 @@ from typing import Any
 import aiohttp
 import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.clerk.tokens import SESSION_CATEGORY
+from gateway.devclerk.keys import SigningKey, new_kid, new_rsa_key, publishable_key_for
 
 DEFAULT_FRONTEND_API = "clerk.gateway-demo.localhost"
 LOOPBACK = frozenset(["127.0.0.1", "::1", "localhost"])
-
-
-def publishable_key_for(frontend_api: str) -> str:
-    encoded = base64.b64encode(f"{frontend_api}$".encode()).decode().rstrip("=")
-    return f"pk_test_{encoded}"
-
-
-def new_rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
-
-
-@dataclass
-class SigningKey:
-    kid: str
-    private: rsa.RSAPrivateKey
-
-    def jwk(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(
-            jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key())
-        )
-        data.update({"kid": self.kid, "alg": "RS256", "use": "sig"})
-        return data
-
-    def public_pem(self) -> str:
-        return (
-            self.private.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-        )
 
 
 @dataclass
@@ -83,7 +48,7 @@ class DevClerk:
 
     def __post_init__(self) -> None:
         if not self.keys:
-            self.keys.append(SigningKey(_kid(), new_rsa_key()))
+            self.keys.append(SigningKey(new_kid(), new_rsa_key()))
 
     @property
     def publishable_key(self) -> str:
@@ -99,7 +64,7 @@ class DevClerk:
 
     def rotate(self, key: rsa.RSAPrivateKey | None = None) -> SigningKey:
         """Publish a new key and sign with it from now on (old keys stay published)."""
-        new = SigningKey(_kid(), key or new_rsa_key())
+        new = SigningKey(new_kid(), key or new_rsa_key())
         self.keys.append(new)
         return new
 
@@ -267,10 +232,6 @@ DEMO_USERS: dict[str, tuple[str, str]] = {
     "bob": ("user_2bob", "member"),
     "admin": ("user_2admin", "admin"),
 }
-
-
-def _kid() -> str:
-    return "ins_" + secrets.token_hex(12)
 
 
 async def serve(clerk: DevClerk, host: str, port: int) -> web.AppRunner:
