@@ -1,29 +1,53 @@
-"""DevClerk: the stand-in's state and knobs, token minting, and its HTTP app.
+"""DevClerk: the stand-in's state and knobs, and what tests drive without HTTP.
 
-Session tokens have Clerk's real v2 claim shape (60 s lifetime, `nbf` 10 s before `iat`,
-`azp`, `sid`, `fva`, `v: 2`, the `cat` header, custom `metadata.role`).
+Session tokens have Clerk's real v2 claim shape (`nbf` 10 s before `iat`, `azp`, `sid`,
+`fva`, `v: 2`, the `cat` header, custom `metadata.role`), lasting `session_lifetime_s`
+(Clerk's 60 s by default). The HTTP side lives in `backend.py` (Backend API),
+`frontend.py` (frontend API for browsers) and `demoroutes.py` (demo conveniences).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.clerk.keys import cookie_suffix
 from gateway.clerk.tokens import SESSION_CATEGORY
+from gateway.devclerk import backend, demoroutes, frontend
 from gateway.devclerk.keys import SigningKey, new_kid, new_rsa_key, publishable_key_for
+from gateway.devclerk.sessions import (
+    Client,
+    NonceStore,
+    dev_browser_directives,
+    new_client_id,
+    new_dev_browser,
+    signed_in_directives,
+    signed_out_directives,
+)
+from gateway.devclerk.users import (
+    DEMO_USERS,
+    USER_KINDS,
+    apply_fields,
+    deleted_stub,
+    envelope,
+    new_user,
+    now_ms,
+    seed_users,
+    stored_role,
+)
 
 DEFAULT_FRONTEND_API = "clerk.gateway-demo.localhost"
 LOOPBACK = frozenset(["127.0.0.1", "::1", "localhost"])
@@ -33,11 +57,11 @@ LOOPBACK = frozenset(["127.0.0.1", "::1", "localhost"])
 class DevClerk:
     """State and knobs of the stand-in. `app()` serves it; `mint()` needs no server."""
 
-    frontend_api: str = DEFAULT_FRONTEND_API
+    frontend_api: str = DEFAULT_FRONTEND_API  # what the publishable key names; `iss`
     secret_key: str = field(default_factory=lambda: "sk_test_" + secrets.token_urlsafe(24))
-    origin: str = "http://127.0.0.1:8080"
+    origin: str = "http://127.0.0.1:8080"  # the app's origin: `azp` of minted tokens
     keys: list[SigningKey] = field(default_factory=list)
-    # knobs for tests
+    # JWKS knobs for tests
     status: int = 200
     garbage: bool = False
     delay_s: float = 0.0
@@ -45,6 +69,25 @@ class DevClerk:
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_url: str | None = None
     authorizations: list[str | None] = field(default_factory=list)
+    # The frontend API, for browsers
+    live: bool = False  # pk_live_: a production instance, no dev-browser token
+    frontend_url: str | None = None  # own public origin; None: the request's, or set by serve()
+    session_lifetime_s: int = 60
+    nonce_ttl_s: float = 60.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # nonce expiry
+    clients: dict[str, Client] = field(default_factory=dict)
+    handshake_requests: list[dict[str, str]] = field(default_factory=list)  # query of each
+    # Backend API knobs: the handshake payload exchange, like the JWKS ones
+    handshake_payload_status: int = 200
+    handshake_payload_delay_s: float = 0.0
+    handshake_payload_hits: int = 0
+    # Backend API users, and their knobs
+    users: dict[str, dict[str, Any]] = field(default_factory=lambda: seed_users(now_ms()))
+    users_status: int = 200
+    users_retry_after_s: int = 1  # sent as Retry-After when users_status is 429
+    users_delay_s: float = 0.0
+    users_hits: int = 0
+    nonces: NonceStore = field(default_factory=NonceStore, repr=False)
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -52,7 +95,11 @@ class DevClerk:
 
     @property
     def publishable_key(self) -> str:
-        return publishable_key_for(self.frontend_api)
+        return publishable_key_for(self.frontend_api, live=self.live)
+
+    @property
+    def cookie_suffix(self) -> str:
+        return cookie_suffix(self.publishable_key)
 
     @property
     def issuer(self) -> str:
@@ -80,17 +127,18 @@ class DevClerk:
         *,
         role: str | None = None,
         org: Mapping[str, Any] | None = None,
-        lifetime_s: int = 60,
+        lifetime_s: int | None = None,
         now: float | None = None,
         claims: Mapping[str, Any] | None = None,
         headers: Mapping[str, Any] | None = None,
         key: SigningKey | None = None,
     ) -> str:
-        """A session token shaped like Clerk's v2 tokens. `claims` overrides or adds."""
+        """A session token shaped like Clerk's v2 tokens. `claims` overrides or adds;
+        a claim set to None is left out. Lifetime: `session_lifetime_s` unless given."""
         iat = int(time.time() if now is None else now)
         payload: dict[str, Any] = {
             "azp": self.origin,
-            "exp": iat + lifetime_s,
+            "exp": iat + (self.session_lifetime_s if lifetime_s is None else lifetime_s),
             "fva": [0, -1],
             "iat": iat,
             "iss": self.issuer,
@@ -111,46 +159,115 @@ class DevClerk:
         header.update(headers or {})
         return jwt.encode(payload, signer.private, algorithm="RS256", headers=header)
 
-    # ---- HTTP -------------------------------------------------------------------------------
+    def role_of(self, user_id: str) -> str | None:
+        """`public_metadata.role` from the store (a test may change it), else the demo's."""
+        role = stored_role(self.users.get(user_id))
+        if role is None:
+            role = next((r for uid, r in DEMO_USERS.values() if uid == user_id), None)
+        return role
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/jwks", self._backend_jwks)
-        app.router.add_get("/.well-known/jwks.json", self._frontend_jwks)
-        app.router.add_get("/demo/token/{who}", self._demo_token)
-        app.router.add_post("/demo/users", self._demo_user)
-        return app
+    # ---- browser sessions (what the frontend API's pages do, callable from tests) ----------
 
-    async def _backend_jwks(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {self.secret_key}":
-            self.jwks_hits += 1
-            return web.json_response(
-                {"errors": [{"code": "clerk_key_invalid", "message": "secret key invalid"}]},
-                status=401,
-            )
-        return await self._frontend_jwks(request)
+    def sign_in(self, user: str, *, client_id: str | None = None) -> str:
+        """Start a new session for a demo name (alice) or a known user id on the client
+        `client_id` (a new client when None or unknown); returns the client id."""
+        user_id = DEMO_USERS[user][0] if user in DEMO_USERS else user
+        if user_id not in self.users:
+            raise KeyError(f"no such user {user!r}")
+        client = self.clients.get(client_id or "") or Client(client_id or new_client_id())
+        self.clients[client.id] = client
+        client.start_session(user_id, int(time.time()))
+        return client.id
 
-    async def _frontend_jwks(self, request: web.Request) -> web.StreamResponse:
-        self.jwks_hits += 1
-        self.authorizations.append(request.headers.get("Authorization"))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if self.status != 200:
-            return web.json_response({"errors": [{"code": "unavailable"}]}, status=self.status)
-        if self.garbage:
-            return web.Response(text="<html>not json</html>", content_type="text/html")
-        return web.json_response(self.jwks())
+    def sign_out(self, client_id: str | None) -> None:
+        """End the client's session; the client itself (and its cookie) stays."""
+        client = self.clients.get(client_id or "")
+        if client is not None:
+            client.end_session()
 
-    async def _demo_token(self, request: web.Request) -> web.Response:
-        who = request.match_info["who"]
-        if who not in DEMO_USERS:
-            raise web.HTTPNotFound(
-                text=f"unknown demo user {who!r}; try one of {sorted(DEMO_USERS)}"
-            )
-        user_id, role = DEMO_USERS[who]
-        return web.Response(text=self.mint(user_id, role=role))
+    def session_token(self, client_id: str, *, origin: str | None = None) -> str | None:
+        """A fresh token for the client's active session (None when signed out)."""
+        client = self.clients.get(client_id)
+        if client is None or client.user_id is None:
+            return None
+        claims = {"sid": client.session_id, "azp": origin or self.origin}
+        return self.mint(client.user_id, role=self.role_of(client.user_id), claims=claims)
 
-    # ---- webhooks (Svix-signed, as Clerk sends them) ---------------------------------------
+    def handshake_directives(
+        self,
+        client_id: str | None,
+        *,
+        origin: str | None = None,
+        suffixed: bool = False,
+        dev_browser: bool = False,
+    ) -> list[str]:
+        """The `Set-Cookie` directives a handshake gives the app at `origin`.
+
+        `suffixed` adds `__session_<suffix>`-style names beside the plain ones; `dev_browser`
+        adds a freshly minted dev-browser token (the endpoint asks for one on dev instances
+        when the app sent none).
+        """
+        suffix = self.cookie_suffix if suffixed else None
+        client = self.clients.get(client_id or "")
+        token = self.session_token(client.id, origin=origin) if client else None
+        if client is None or token is None:
+            directives = signed_out_directives(suffix)
+        else:
+            directives = signed_in_directives(token, client.client_uat, suffix)
+        if dev_browser:
+            directives += dev_browser_directives(new_dev_browser(), suffix)
+        return directives
+
+    def issue_nonce(self, directives: list[str]) -> str:
+        """Store a payload for `GET /v1/clients/handshake_payload?nonce=` (single use)."""
+        return self.nonces.issue(directives, self.clock(), self.nonce_ttl_s)
+
+    def take_nonce(self, nonce: str) -> list[str] | None:
+        return self.nonces.take(nonce, self.clock())
+
+    def handshake_token(self, directives: list[str], *, key: SigningKey | None = None) -> str:
+        """The `__clerk_handshake` JWT: the directives signed with the instance key, in the
+        session category (Clerk's SDK refuses any other class), with no time claims."""
+        signer = key or self.signer
+        header = {"kid": signer.kid, "typ": "JWT", "cat": SESSION_CATEGORY}
+        return jwt.encode(
+            {"handshake": list(directives)}, signer.private, algorithm="RS256", headers=header
+        )
+
+    # ---- users and their webhooks (Svix-signed, as Clerk sends them) -----------------------
+
+    def user(self, user_id: str) -> dict[str, Any] | None:
+        """The stored UserJSON (a copy is served; this is the live object)."""
+        return self.users.get(user_id)
+
+    def update_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
+        """Change a stored user (KeyError if unknown); the `user.updated` event to deliver
+        (sign it with `signed_webhook`, or use `send_user_event` to do both)."""
+        if user_id not in self.users:
+            raise KeyError(f"no such user {user_id!r}")
+        return self.user_event("user.updated", user_id, **fields)
+
+    def user_event(self, kind: str, user_id: str | None = None, **fields: Any) -> dict[str, Any]:
+        """A `user.*` event, applied to the store first so the Backend API agrees with it.
+
+        `user.created` stores a new user (a random id when none is given); `user.updated`
+        changes one (creating it if unknown); `user.deleted` removes it and ends its sessions.
+        """
+        if kind not in USER_KINDS:
+            raise ValueError(f"not a user event: {kind!r}; one of {USER_KINDS}")
+        at_ms = now_ms()
+        user_id = user_id or "user_" + secrets.token_hex(12)
+        if kind == "user.deleted":
+            self.users.pop(user_id, None)
+            for client in self.clients.values():
+                if client.user_id == user_id:
+                    client.end_session()
+            return envelope(kind, deleted_stub(user_id), at_ms)
+        if kind == "user.updated" and user_id in self.users:
+            apply_fields(self.users[user_id], fields, at_ms)
+        else:
+            self.users[user_id] = new_user(user_id, fields, at_ms)
+        return envelope(kind, self.users[user_id], at_ms)
 
     def signed_webhook(
         self, event: Mapping[str, Any], *, msg_id: str | None = None, timestamp: int | None = None
@@ -171,40 +288,17 @@ class DevClerk:
         }
         return headers, body
 
-    @staticmethod
-    def user_event(kind: str, user_id: str | None = None, **fields: Any) -> dict[str, Any]:
-        now_ms = int(time.time() * 1000)
-        user_id = user_id or "user_" + secrets.token_hex(12)
-        if kind == "user.deleted":
-            data: dict[str, Any] = {"object": "user", "id": user_id, "deleted": True}
-        else:
-            email_id = "idn_" + secrets.token_hex(12)
-            email = fields.pop("email", f"{user_id}@example.com")
-            data = {
-                "object": "user",
-                "id": user_id,
-                "first_name": fields.pop("first_name", None),
-                "last_name": fields.pop("last_name", None),
-                "email_addresses": [{"id": email_id, "email_address": email}],
-                "primary_email_address_id": email_id,
-                "public_metadata": {},
-                "created_at": now_ms,
-                "updated_at": now_ms,
-                **fields,
-            }
-        return {
-            "data": data,
-            "object": "event",
-            "type": kind,
-            "timestamp": now_ms,
-            "instance_id": "ins_devclerk",
-        }
-
     async def send_user_event(self, kind: str, **fields: Any) -> int:
-        """Sign a `user.*` event and POST it to `webhook_url`; the HTTP status received."""
+        """Apply a `user.*` event, sign it and POST it to `webhook_url`; the status received."""
         if self.webhook_url is None:
             raise ValueError("no webhook_url configured")
-        headers, body = self.signed_webhook(self.user_event(kind, **fields))
+        return await self.deliver(self.user_event(kind, **fields))
+
+    async def deliver(self, event: Mapping[str, Any]) -> int:
+        """Sign an event and POST it to `webhook_url`; the HTTP status received."""
+        if self.webhook_url is None:
+            raise ValueError("no webhook_url configured")
+        headers, body = self.signed_webhook(event)
         async with (
             aiohttp.ClientSession() as http,
             http.post(self.webhook_url, data=body, headers=headers) as resp,
@@ -212,26 +306,14 @@ class DevClerk:
             await resp.read()
             return resp.status
 
-    async def _demo_user(self, request: web.Request) -> web.Response:
-        try:
-            fields = await request.json() if request.can_read_body else {}
-        except ValueError:
-            fields = {}
-        if not isinstance(fields, dict):
-            fields = {}
-        allowed = {
-            k: str(v) for k, v in fields.items() if k in ("first_name", "last_name", "email")
-        }
-        status = await self.send_user_event("user.created", **allowed)
-        return web.json_response({"sent": "user.created", "gateway_status": status})
+    # ---- HTTP -------------------------------------------------------------------------------
 
-
-# The demo's people: a member and an admin (anonymous needs no token).
-DEMO_USERS: dict[str, tuple[str, str]] = {
-    "alice": ("user_2alice", "member"),
-    "bob": ("user_2bob", "member"),
-    "admin": ("user_2admin", "admin"),
-}
+    def app(self) -> web.Application:
+        app = web.Application()
+        backend.add_routes(app, self)
+        frontend.add_routes(app, self)
+        demoroutes.add_routes(app, self)
+        return app
 
 
 async def serve(clerk: DevClerk, host: str, port: int) -> web.AppRunner:
@@ -239,5 +321,22 @@ async def serve(clerk: DevClerk, host: str, port: int) -> web.AppRunner:
         raise ValueError(f"the Clerk stand-in binds to loopback only, not {host!r}")
     runner = web.AppRunner(clerk.app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    if clerk.frontend_url is None:
+        bound_port = runner.addresses[0][1] if port == 0 else port
+        clerk.frontend_url = default_frontend_url(host, bound_port, clerk.origin)
     return runner
+
+
+def default_frontend_url(host: str, port: int, app_origin: str) -> str:
+    """A loopback name for the stand-in that differs from the app's host name.
+
+    Browsers keep cookies per host name, ignoring the port: were both on 127.0.0.1, the
+    stand-in's `__client` and the app's `__session` would share one jar, and a test could
+    pass that fails for a real Clerk instance on its own domain.
+    """
+    app_host = (urlsplit(app_origin).hostname or "").lower()
+    names = ["localhost", "[::1]" if host == "::1" else "127.0.0.1"]
+    name = next((n for n in names if n.strip("[]") != app_host), names[0])
+    return f"http://{name}:{port}"
