@@ -79,13 +79,18 @@ class _FrontendAPI:
         client_id = request.cookies.get(CLIENT_COOKIE)
         return client_id if client_id in self.clerk.clients else None
 
+    def _signed_in_as(self, request: web.Request) -> str | None:
+        client = self.clerk.client(request.cookies.get(CLIENT_COOKIE))
+        if client is None or client.user_id is None:
+            return None
+        user = self.clerk.user(client.user_id) or {}
+        return str(user.get("username") or client.user_id)
+
     async def sign_in_form(self, request: web.Request) -> web.Response:
         redirect_url = app_url(request.query.get("redirect_url", f"{self.clerk.origin}/"))
         if redirect_url is None:
             return _bad_redirect()
-        client = self.clerk.clients.get(self._client_id(request) or "")
-        who = client.user_id if client is not None else None
-        page = sign_in_page(DEMO_USERS, redirect_url, who)
+        page = sign_in_page(DEMO_USERS, redirect_url, self._signed_in_as(request))
         return web.Response(text=page, content_type="text/html", headers=_NO_STORE)
 
     async def sign_in(self, request: web.Request) -> web.Response:

@@ -168,26 +168,29 @@ class DevClerk:
 
     # ---- browser sessions (what the frontend API's pages do, callable from tests) ----------
 
+    def client(self, client_id: str | None) -> Client | None:
+        return self.clients.get(client_id) if client_id else None
+
     def sign_in(self, user: str, *, client_id: str | None = None) -> str:
         """Start a new session for a demo name (alice) or a known user id on the client
         `client_id` (a new client when None or unknown); returns the client id."""
         user_id = DEMO_USERS[user][0] if user in DEMO_USERS else user
         if user_id not in self.users:
             raise KeyError(f"no such user {user!r}")
-        client = self.clients.get(client_id or "") or Client(client_id or new_client_id())
+        client = self.client(client_id) or Client(client_id or new_client_id())
         self.clients[client.id] = client
         client.start_session(user_id, int(time.time()))
         return client.id
 
     def sign_out(self, client_id: str | None) -> None:
         """End the client's session; the client itself (and its cookie) stays."""
-        client = self.clients.get(client_id or "")
+        client = self.client(client_id)
         if client is not None:
             client.end_session()
 
-    def session_token(self, client_id: str, *, origin: str | None = None) -> str | None:
+    def session_token(self, client_id: str | None, *, origin: str | None = None) -> str | None:
         """A fresh token for the client's active session (None when signed out)."""
-        client = self.clients.get(client_id)
+        client = self.client(client_id)
         if client is None or client.user_id is None:
             return None
         claims = {"sid": client.session_id, "azp": origin or self.origin}
@@ -208,8 +211,8 @@ class DevClerk:
         when the app sent none).
         """
         suffix = self.cookie_suffix if suffixed else None
-        client = self.clients.get(client_id or "")
-        token = self.session_token(client.id, origin=origin) if client else None
+        client = self.client(client_id)
+        token = self.session_token(client_id, origin=origin)
         if client is None or token is None:
             directives = signed_out_directives(suffix)
         else:

@@ -32,7 +32,7 @@ from gateway.clerk.tokens import (
     verify,
 )
 from gateway.decision import Reason
-from gateway.devclerk import DevClerk
+from gateway.devclerk import DevClerk, serve
 from gateway.devclerk.sessions import signed_out_directives
 
 APP_URL = "http://127.0.0.1:8080/dashboard?tab=1"
@@ -118,6 +118,29 @@ def set_client_cookie(fapi: TestClient[Any, Any], client_id: str) -> None:
     fapi.session.cookie_jar.update_cookies({"__client": client_id})
 
 
+# ---- serving -------------------------------------------------------------------------------
+
+
+async def test_serve_names_the_stand_in_apart_from_the_app(devclerk: DevClerk) -> None:
+    runner = await serve(devclerk, "127.0.0.1", 0)
+    try:
+        port = runner.addresses[0][1]
+        assert devclerk.frontend_url == f"http://localhost:{port}"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/sign-in") as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
+async def test_serve_binds_to_loopback_only(devclerk: DevClerk, host: str) -> None:
+    with pytest.raises(ValueError, match="loopback only"):
+        await serve(devclerk, host, 0)
+
+
 # ---- sign-in ------------------------------------------------------------------------------
 
 
@@ -132,6 +155,12 @@ async def test_the_sign_in_page_offers_the_demo_people(fapi: TestClient[Any, Any
     assert '<form method="post" action="/sign-in">' in page
     assert 'value="http://127.0.0.1:8080/dashboard?tab=1"' in page
     assert "<script" not in page
+
+
+async def test_the_sign_in_page_says_who_this_browser_is(fapi: TestClient[Any, Any]) -> None:
+    await sign_in(fapi, "bob")
+    page = await (await fapi.get("/sign-in", params={"redirect_url": APP_URL})).text()
+    assert "signed in as <b>bob</b>" in page
 
 
 async def test_the_sign_in_page_escapes_the_redirect_url(fapi: TestClient[Any, Any]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from gateway.clerk.claims import decode_permissions, principal_from_claims
 from gateway.clerk.keys import cookie_suffix, parse_publishable_key
 from gateway.clerk.tokens import (
+    SESSION_CATEGORY,
     Decoded,
     KeySet,
     VerifyKey,
@@ -294,7 +295,9 @@ def test_the_handshake_token_holds_the_directives_and_verifies(devclerk: DevCler
     token = devclerk.handshake_token(directives)
     decoded = decode(token)
     assert isinstance(decoded, Decoded)
-    assert check_header(decoded.header) is None  # the session category, as Clerk mints it
+    assert check_header(decoded.header) is None
+    # Clerk mints handshake tokens in the session category; its SDK refuses other classes.
+    assert decoded.header["cat"] == SESSION_CATEGORY
     assert decoded.header["kid"] == devclerk.signer.kid
     public = devclerk.signer.private.public_key()
     payload = jwt.decode(token, public, algorithms=["RS256"], options={"require": []})
