@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+from gateway import __version__
 from gateway.config import load_policy
 from gateway.settings import Settings, config_path, parse_address
 
@@ -26,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clerk-gateway", description="Clerk authentication in front of any HTTP service."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"clerk-gateway {__version__} (Python {_python()})"
     )
     sub = parser.add_subparsers(dest="command")
 
@@ -55,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     check = sub.add_parser("check", help="validate a policy file")
-    check.add_argument("file", nargs="?", help="policy file (default: $GATEWAY_CONFIG)")
+    check.add_argument(
+        "file", nargs="?", help="policy file (default: $GATEWAY_CONFIG or config/routes.yaml)"
+    )
     check.add_argument("--strict", action="store_true", help="warnings fail too")
     check.set_defaults(handler=_check)
 
@@ -79,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.set_defaults(handler=_explain)
 
+    reload = sub.add_parser(
+        "reload",
+        help="ask a running gateway to reload its policy (SIGHUP; works in images without kill)",
+    )
+    reload.add_argument(
+        "--pid",
+        type=int,
+        required=True,
+        help="the gateway's process id (1 in its container: kubectl exec ... -- clerk-gateway reload --pid 1)",
+    )
+    reload.set_defaults(handler=_reload)
+
     demo = sub.add_parser("demo", help="run a local Clerk stand-in, a sample app and the gateway")
     demo.add_argument(
         "--port",
@@ -101,9 +122,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    path = args.file or os.environ.get("GATEWAY_CONFIG")
-    if not path:
-        parser.error("no FILE given and $GATEWAY_CONFIG is not set")
+    path = config_path(args.file)
     result = load_policy(path, for_run=False)
     for problem in result.problems:
         print(problem)
@@ -170,6 +189,29 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if settings.workers < 1:
         parser.error("--workers must be at least 1")
     return serve(settings)
+
+
+def _reload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """SIGHUP to a gateway, after making sure that process is one (never to an init)."""
+    try:
+        cmdline = Path(f"/proc/{args.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        print(f"clerk-gateway reload: no process {args.pid}", file=sys.stderr)
+        return 1
+    if b"clerk-gateway" not in cmdline and b"gateway run" not in cmdline:
+        print(
+            f"clerk-gateway reload: process {args.pid} is not a clerk-gateway "
+            f"({cmdline.decode(errors='replace').strip()[:80]!r})",
+            file=sys.stderr,
+        )
+        return 1
+    os.kill(args.pid, signal.SIGHUP)
+    print(f"clerk-gateway reload: asked process {args.pid} to reload its policy")
+    return 0
+
+
+def _python() -> str:
+    return platform.python_version()
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -264,9 +264,9 @@ class Gateway:
         out = _Outcome()
         try:
             then = self._handle(ex, rt, out)
-        except BaseException:
-            self._record(ex, out, started)
-            raise
+        except Exception:
+            self._crashed(ex, out)
+            then = None
         if then is None:
             self._record(ex, out, started)
             return None
@@ -278,9 +278,22 @@ class Gateway:
         self.metrics.in_flight.inc()
         try:
             await then()
+        except Exception:
+            self._crashed(ex, out)
         finally:
             self.metrics.in_flight.dec()
             self._record(ex, out, started)
+
+    def _crashed(self, ex: Exchange, out: _Outcome) -> None:
+        """A bug: logged with its traceback, counted, answered 500 (never a hang, never
+        a 'malformed request'), and the connection closed after the answer."""
+        log.exception("request handling failed", extra={"method": ex.head.method, "path": out.path})
+        ex.keep_alive = False
+        if ex.response_started:
+            out.reason, out.status = Reason.INTERNAL_ERROR, ex.status
+            ex.conn.abort()  # a partial response must never look complete
+            return
+        self._deny(ex, out, Reason.INTERNAL_ERROR)
 
     def _record(self, ex: Exchange, out: _Outcome, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -44,6 +44,7 @@ from gateway.yamlsource import EnvStr, Problem, Severity, parse
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_API_URL = "https://api.clerk.com"
+DEFAULT_WEBHOOK_SECRETS = "${CLERK_WEBHOOK_SECRET:-}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,8 @@ _TOKEN_CHARS = frozenset(
 class _Reader(Reader):
     """The policy schema, read with located problems."""
 
+    webhook_secrets_source: Any = None  # `webhooks.secrets` as written, or its default
+
     # ---- the policy -------------------------------------------------------------------------
 
     def policy(self) -> Policy | None:
@@ -332,6 +335,8 @@ class _Reader(Reader):
         if issuer is None and pk is not None:
             issuer = pk.issuer
         parties = self.strings("clerk.authorized_parties", raw.get("authorized_parties"))
+        if parties == () and raw.get("authorized_parties"):
+            parties = None  # every entry left empty by this environment (a warning): unknown
         for i, party in enumerate(parties or ()):
             parts = urlsplit(party)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("",):
@@ -375,6 +380,10 @@ class _Reader(Reader):
 
     def webhooks(self, value: Any) -> WebhookSettings:
         raw = self.mapping("webhooks", value, _WEBHOOK_KEYS)
+        if raw.get("secrets") is None:
+            # the contract's default, also when `webhooks:` is absent
+            raw = {**raw, "secrets": self.doc.interpolate(DEFAULT_WEBHOOK_SECRETS)}
+        self.webhook_secrets_source = raw["secrets"]
         secrets = self.strings("webhooks.secrets", raw.get("secrets"), split=True) or ()
         for i, secret in enumerate(secrets):
             if not secret.startswith("whsec_"):
@@ -546,6 +555,11 @@ class _Reader(Reader):
             upstream=upstream,
             name=self.string(f"{path}.name", raw.get("name")),
             line=self.doc.line(path),
+            written=(
+                tuple(p.source for p in patterns)
+                if isinstance(raw.get("path"), list)
+                else (patterns[0].source if patterns else "")
+            ),
         )
 
     def requirement(self, path: str, value: Any) -> Requirement:
@@ -665,8 +679,8 @@ class _Reader(Reader):
                 self.env_problem(
                     "clerk",
                     f"no key source: {env_names(names)} {'is' if len(names) == 1 else 'are'} empty "
-                    "here, so there is no jwt_key, "
-                    "secret_key or jwks_url to verify session tokens with",
+                    "here, so there is no jwt_key, secret_key or jwks_url to verify session "
+                    "tokens with: `clerk-gateway run` will refuse to start until one is set",
                 )
             else:
                 self.error(
@@ -680,23 +694,29 @@ class _Reader(Reader):
             and not clerk.jwt_key
             and _under(clerk.jwks_url, clerk.api_url)
         ):
-            self.env_problem(
-                "clerk.jwks_url",
+            raw_clerk = root.get("clerk") if isinstance(root.get("clerk"), dict) else {}
+            secret = raw_clerk.get("secret_key") if isinstance(raw_clerk, dict) else None
+            message = (
                 "the Backend API's JWKS needs clerk.secret_key (or point jwks_url at your "
-                "frontend API's /.well-known/jwks.json)",
+                "frontend API's /.well-known/jwks.json)"
             )
+            if isinstance(secret, EnvStr) and secret == "":
+                self.env_problem(
+                    "clerk.jwks_url",
+                    f"{message}; {env_names(secret.names)} is empty here: "
+                    "`clerk-gateway run` will refuse to start until it is set",
+                )
+            else:
+                self.error("clerk.jwks_url", message)
         webhook_routes = [r for r in routes if r.access is Access.WEBHOOK]
         if webhook_routes and not webhooks.secrets:
-            raw_secrets = (
-                (root.get("webhooks") or {}) if isinstance(root.get("webhooks"), dict) else {}
-            )
-            value = raw_secrets.get("secrets") if isinstance(raw_secrets, dict) else None
+            value = self.webhook_secrets_source
             first = f"routes[{webhook_routes[0].index}]"
-            if isinstance(value, EnvStr) and value == "":
+            if isinstance(value, EnvStr) and value.strip() == "":
                 self.env_problem(
                     "webhooks.secrets",
-                    f"{env_names(value.names)} is empty here, but {first} is a webhook route; "
-                    "the gateway would refuse every webhook",
+                    f"{env_names(value.names)} is empty or unset here, but {first} is a webhook "
+                    f"route: `clerk-gateway run` will refuse to start until it is set",
                 )
             else:
                 self.error(
@@ -715,6 +735,19 @@ class _Reader(Reader):
                 break
 
     def lints(self, routes: tuple[Route, ...]) -> None:
+        named: dict[str, Route] = {}
+        for route in routes:
+            if route.name is None:
+                continue
+            if route.name in named:
+                first = named[route.name]
+                self.error(
+                    f"routes[{route.index}].name",
+                    f"{route.name!r} is already the name of routes[{first.index}] (line "
+                    f"{first.line}); names label metrics and logs, so each must be unique",
+                )
+            else:
+                named[route.name] = route
         for route in routes:
             where = f"routes[{route.index}]"
             if route.methods is not None and not route.methods:

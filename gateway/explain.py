@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from multidict import CIMultiDict
-
 from gateway.clerk.claims import principal_from_claims
 from gateway.clerk.tokens import check_claims, check_header, decode
 from gateway.clerk.verifier import options_for
@@ -48,7 +46,11 @@ class Explanation:
             if self.route is None
             else {
                 "index": self.route.index,
-                "path": self.route.pattern_text,
+                "path": (
+                    list(self.route.written)
+                    if isinstance(self.route.written, tuple)
+                    else self.route.written
+                ),
                 "access": self.route.access.value,
                 "name": self.route.name,
             }
@@ -109,11 +111,11 @@ def explain(
     now_ms: float,
 ) -> Explanation:
     method = method.upper()
-    headers = CIMultiDict(headers or {})
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
     parts = urlsplit(url)
     target = url[len(f"{parts.scheme}://{parts.netloc}") :] if parts.scheme else url
     target = target or "/"
-    host_header = parts.netloc or headers.get("Host") or "localhost"
+    host_header = parts.netloc or headers.get("host") or "localhost"
     scheme = parts.scheme or "http"
     outcome, identity = _outcome(policy, claims, token, now_ms)
     normal = normalise_target(target)
@@ -169,7 +171,7 @@ def explain(
     assert decision.reason is not None
     result = denial(
         decision.reason,
-        navigation=is_navigation(method, headers.get("Sec-Fetch-Dest"), headers.get("Accept")),
+        navigation=is_navigation(method, headers.get("sec-fetch-dest"), headers.get("accept")),
         sign_in_url=policy.sign_in_url,
         unauthorized_url=policy.unauthorized_url,
         original_url=f"{scheme}://{host_header}{normal.path_qs}",
@@ -209,11 +211,27 @@ def _outcome(
         return None, "anonymous (no token)"
     failure = check_claims(claims, now_ms, options)
     if failure is not None:
-        return failure, f"{how}, rejected: {failure.value}"
+        return failure, f"{how}, rejected: {failure.value}{_why(failure, claims, policy)}"
     principal: Principal | None = principal_from_claims(claims, policy.role_claim)
     if principal is None:
         return Reason.TOKEN_VERIFICATION_FAILED, f"{how}, but no usable 'sub'"
     return principal, f"{how}: user {principal.user_id}"
+
+
+def _why(failure: Reason, claims: Mapping[str, Any], policy: Policy) -> str:
+    """The claim and the setting that disagree, for the two failures a copied policy meets."""
+    if failure is Reason.TOKEN_INVALID_AUTHORIZED_PARTIES:
+        parties = ", ".join(policy.clerk.authorized_parties or ())
+        return (
+            f" (the token's azp {claims.get('azp')!r} is not one of clerk.authorized_parties: "
+            f"[{parties}]; list the origin your app is served from)"
+        )
+    if failure is Reason.TOKEN_INVALID_ISSUER:
+        return (
+            f" (the token's iss {claims.get('iss')!r} is not this instance's issuer "
+            f"{policy.clerk.issuer!r}, from clerk.publishable_key or clerk.issuer)"
+        )
+    return ""
 
 
 def render(explanation: Explanation, as_json: bool) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ import httptools
 from gateway.config import Limits
 from gateway.decision import Reason
 from gateway.responses import body_of, status_of
+
+log = logging.getLogger("clerk_gateway")
 
 MAX_HEADERS = 128
 BODY_BUFFER = 256 * 1024  # buffered request body before the client is paused
@@ -465,7 +468,7 @@ class ClientConnection(asyncio.Protocol):
             then = self.handler(exchange)
         except Exception:
             self._crashed(exchange)
-            raise
+            return
         if then is None:
             self._finished(exchange)  # answered without any I/O: no task needed
         else:
@@ -480,17 +483,24 @@ class ClientConnection(asyncio.Protocol):
             raise
         except Exception:
             self._crashed(exchange)
-            raise
+            return
         self._finished(exchange)
 
     def _crashed(self, exchange: Exchange) -> None:
-        if not exchange.response_started:
-            exchange.reply(
-                500,
-                b'{"error": "internal", "reason": "internal-error"}',
-                [(b"Content-Type", b"application/json")],
-            )
-        self.abort()
+        """The last resort when the handler itself failed (the gateway answers its own
+        failures): logged with the traceback, 500 from responses.py, then closed."""
+        log.exception("request handling failed in the engine")
+        self.tracker.refused(Reason.INTERNAL_ERROR)
+        if exchange.response_started:
+            self.abort()
+            return
+        exchange.keep_alive = False
+        exchange.reply(
+            status_of(Reason.INTERNAL_ERROR),
+            body_of(Reason.INTERNAL_ERROR),
+            [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")],
+        )
+        self._linger()
 
     def _finished(self, exchange: Exchange) -> None:
         if self._tunnel is not None:

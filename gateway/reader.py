@@ -61,7 +61,11 @@ class Reader:
             self.error(path, f"must be a string, got {kind_of(value)}")
             return default
         if isinstance(value, EnvStr) and value.missing:
-            self.env_problem(path, f"environment variable {env_names(value.missing)} is not set")
+            self.env_problem(
+                path,
+                f"environment variable {env_names(value.missing)} is not set: "
+                "`clerk-gateway run` will refuse to start until it is",
+            )
         return value if value != "" else default
 
     def boolean(self, path: str, value: Any, default: bool) -> bool:
@@ -116,6 +120,16 @@ class Reader:
         out: list[str] = []
         for i, item in enumerate(items):
             item_path = f"{path}[{i}]" if isinstance(value, list) else path
+            if isinstance(item, EnvStr) and item.missing and isinstance(value, list):
+                self.env_problem(
+                    item_path,
+                    f"environment variable {env_names(item.missing)} is not set: "
+                    "`clerk-gateway run` will refuse to start until it is",
+                )
+                continue
+            if isinstance(item, EnvStr) and not item.strip() and isinstance(value, list):
+                self.env_problem(item_path, f"{env_names(item.names)} is empty here")
+                continue
             if not isinstance(item, str) or not item.strip():
                 self.error(item_path, f"must be a non-empty string, got {kind_of(item)}")
                 continue

@@ -199,6 +199,7 @@ class Route:
     upstream: str = "default"
     name: str | None = None
     line: int = 0
+    written: str | tuple[str, ...] = ""  # the `path:` value as written: a string or a list
 
     @property
     def label(self) -> str:

@@ -12,7 +12,7 @@ import enum
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -104,6 +104,11 @@ class Document:
     value: Any
     lines: Mapping[str, int]
     problems: tuple[Problem, ...]
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def interpolate(self, text: str) -> str:
+        """A default written like a value in the file (`${VAR:-}`), read from its env."""
+        return interpolate(text, self.env)
 
     def line(self, path: str) -> int:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -128,10 +133,10 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Documen
     except yaml.YAMLError as exc:
         return Document(file, None, {}, (Problem(file, 1, "", f"invalid YAML: {exc}"),))
     if node is None:
-        return Document(file, None, {"": 1}, ())
+        return Document(file, None, {"": 1}, (), env)
     walker = _Walker(file, env)
     value = walker.walk(node, "")
-    return Document(file, value, walker.lines, tuple(walker.problems))
+    return Document(file, value, walker.lines, tuple(walker.problems), env)
 
 
 _MAX_NODES = 100_000

@@ -114,8 +114,9 @@ class KeyCache:
         self.on_fetch: Callable[[bool], None] | None = None  # metrics hook
         self._got_keys = asyncio.Event()
         if settings.jwt_key:
-            # networkless mode: one PEM key verifies whatever kid a token names, as Clerk does
-            self._keys = KeySet({}, VerifyKey(load_pem_key(settings.jwt_key), "RS256"))
+            # networkless mode: one PEM key verifies whatever kid a token names, as Clerk
+            # does; a PEM declares no algorithm, so RS256, RS384 and RS512 are all accepted
+            self._keys = KeySet({}, VerifyKey(load_pem_key(settings.jwt_key), None))
             self._fetched_at = float("inf")
 
     @property

@@ -132,6 +132,9 @@ def check_header(header: Mapping[str, Any]) -> Reason | None:
     cat = header.get("cat")
     if cat is not None and cat not in (SESSION_CATEGORY, NO_CATEGORY):
         return Reason.TOKEN_TYPE_MISMATCH
+    if "crit" in header:
+        # RFC 7515 4.1.11: extensions the recipient must understand; we understand none
+        return Reason.TOKEN_INVALID
     return None
 
 

@@ -11,7 +11,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from gateway.app import Gateway
 from gateway.devclerk import DevClerk
+from gateway.server import start
+from gateway.settings import Address
 from tests.helpers import wait_until
 from tests.integration.conftest import (
     LOOPBACK,
@@ -23,6 +26,12 @@ from tests.integration.conftest import (
 )
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml", "Sec-Fetch-Dest": "document"}
+
+
+def in_flight(gw: Running) -> float:
+    value = gw.gateway.metrics.registry.get_sample_value("clerk_gateway_requests_in_flight")
+    assert value is not None
+    return value
 
 
 def headers_seen(gw: Running) -> dict[str, str]:
@@ -338,10 +347,10 @@ async def test_client_disconnect_cancels_the_upstream_request(gw: Running) -> No
     writer.write(b"GET /public/held HTTP/1.1\r\nHost: app\r\n\r\n")
     await writer.drain()
     await wait_until(lambda: bool(gw.upstream.requests))
-    assert gw.gateway.metrics.in_flight._value.get() == 1
+    assert in_flight(gw) == 1
     writer.close()
     await writer.wait_closed()
-    await wait_until(lambda: gw.gateway.metrics.in_flight._value.get() == 0)
+    await wait_until(lambda: in_flight(gw) == 0)
 
 
 async def test_websocket_echo_allowed(gw: Running) -> None:
@@ -372,17 +381,53 @@ async def test_websocket_denied_without_a_session(gw: Running) -> None:
 
 
 async def test_no_keys_yet_is_503_not_a_sign_in_redirect(gw: Running, devclerk: DevClerk) -> None:
-    assert gw.gateway.keys is not None
-    gw.gateway.keys._fetched_at = None  # as if the prefetch had never succeeded
-    devclerk.status = 500
-    r = await gw.get("/dashboard", gw.clerk.mint("user_1"), headers=BROWSER)
-    assert (r.status, await r.json()) == (
-        503,
-        {"error": "unavailable", "reason": "jwk-remote-failed-to-load"},
-    )
-    assert r.headers["Retry-After"] == "5"
-    r = await gw.http.get(gw.admin + "/readyz")
-    assert r.status == 503
+    devclerk.status = 500  # Clerk is down before a second gateway ever fetched its keys
+    gateway = Gateway(str(gw.policy_path), env={})
+    listeners = await start(gateway, Address(LOOPBACK, 0), Address(LOOPBACK, 0))
+    try:
+        base = f"http://{LOOPBACK}:{listeners.public_address.port}"
+        r = await gw.http.get(
+            base + "/dashboard",
+            headers={"Authorization": f"Bearer {gw.clerk.mint('user_1')}", **BROWSER},
+            allow_redirects=False,
+        )
+        assert (r.status, await r.json()) == (
+            503,
+            {"error": "unavailable", "reason": "jwk-remote-failed-to-load"},
+        )
+        assert r.headers["Retry-After"] == "5"
+        ready = await gw.http.get(f"http://{LOOPBACK}:{listeners.admin_address.port}/readyz")
+        assert ready.status == 503
+    finally:
+        await listeners.close()
+
+
+# ---- the gateway's own failures -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["synchronous", "asynchronous"])
+async def test_a_failure_inside_the_gateway_is_a_logged_counted_500(
+    gw: Running, where: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> object:
+        raise RuntimeError("a bug")
+
+    async def broken_async(*_args: object) -> object:
+        raise RuntimeError("a bug")
+
+    verifier = gw.gateway.runtime.verifier
+    if where == "synchronous":
+        monkeypatch.setattr(verifier, "cached", broken)
+    else:
+        monkeypatch.setattr(verifier, "verify_uncached", broken_async)
+    r = await gw.get("/api/x", gw.clerk.mint("user_1"))
+    assert (r.status, await r.json()) == (500, {"error": "internal", "reason": "internal-error"})
+    assert r.headers["Connection"] == "close"
+    assert any(rec.exc_info and "a bug" in str(rec.exc_info[1]) for rec in caplog.records)
+    monkeypatch.undo()
+    metrics = await (await gw.http.get(gw.admin + "/metrics")).text()
+    assert 'reason="internal-error",route="default",status="500"' in metrics
+    assert (await gw.get("/api/x", gw.clerk.mint("user_1"))).status == 200  # still serving
 
 
 # ---- operations -----------------------------------------------------------------------------
@@ -476,7 +521,7 @@ async def test_timeout_and_disconnect_on_pooled_connections(gw: Running) -> None
         writer.write(b"GET /public/held HTTP/1.1\r\nHost: app\r\n\r\n")
         await writer.drain()
         await wait_until(lambda: gw.upstream.requests[-1]["raw_path"] == "/public/held")
-        assert gw.gateway.metrics.in_flight._value.get() == 1
-    await wait_until(lambda: gw.gateway.metrics.in_flight._value.get() == 0)
+        assert in_flight(gw) == 1
+    await wait_until(lambda: in_flight(gw) == 0)
     gw.upstream.release.set()
     assert (await gw.get("/public/after")).status == 200

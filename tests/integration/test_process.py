@@ -221,3 +221,31 @@ async def test_a_killed_worker_is_restarted_and_readyz_says_so_meanwhile(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_reload_command_reloads_a_running_gateway(
+    tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
+) -> None:
+    _, server = held_upstream
+    port, admin = free_port(), free_port()
+    proc = await run_gateway(tmp_path, devclerk, server, port, admin)
+    assert proc.stdout is not None
+    try:
+        await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
+        reload = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "gateway", "reload", "--pid", str(proc.pid)),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(reload.communicate(), 30)
+        assert reload.returncode == 0, out
+        async with asyncio.timeout(10):
+            while '"msg":"policy reloaded"' not in (await proc.stdout.readline()).decode():
+                pass
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await proc.stdout.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -43,6 +43,32 @@ def test_check_reads_gateway_config() -> None:
     assert result.returncode == 0
 
 
+def test_check_defaults_to_config_routes_yaml_like_run() -> None:
+    result = cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("config/routes.yaml: OK")
+
+
+def test_check_says_which_variable_run_will_refuse() -> None:
+    out = cli("check", "config/routes.yaml").stdout
+    assert "${APP_ORIGIN} is not set: `clerk-gateway run` will refuse to start" in out
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert re.fullmatch(r"clerk-gateway \d+\.\d+\.\d+ \(Python 3\.\d+\.\d+\)\n", result.stdout)
+
+
+def test_reload_refuses_a_process_that_is_not_a_gateway() -> None:
+    import os
+
+    result = cli("reload", "--pid", str(os.getpid()))
+    assert result.returncode == 1
+    assert "is not a clerk-gateway" in result.stderr
+    assert cli("reload", "--pid", "999999999").returncode == 1
+
+
 def test_check_lists_five_mistakes(tmp_path: Path) -> None:
     bad = tmp_path / "routes.yaml"
     bad.write_text(
@@ -65,8 +91,11 @@ def test_check_lists_five_mistakes(tmp_path: Path) -> None:
         assert any(p.startswith(f"{bad}:{line_no}: ") for p in problems), (line_no, problems)
 
 
+APP = {"APP_ORIGIN": "http://127.0.0.1:8080"}
+
+
 def explain(*args: str) -> dict[str, object]:
-    result = cli("explain", "--config", "config/routes.yaml", *args, "--json")
+    result = cli("explain", "--config", "config/routes.yaml", *args, "--json", env=APP)
     assert result.returncode == 0, result.stderr
     data: dict[str, object] = json.loads(result.stdout)
     return data
@@ -89,11 +118,28 @@ def test_explain_root_is_public() -> None:
     assert (out["decision"], out["status"], out["reason"]) == ("allow", 200, None)
     assert out["route"] == {
         "index": 0,
-        "path": "/, /sign-in/**, /sign-up/**, /unauthorized, /api/public/**, /favicon.ico",
+        "path": [
+            "/",
+            "/sign-in/**",
+            "/sign-up/**",
+            "/unauthorized",
+            "/api/public/**",
+            "/favicon.ico",
+        ],
         "access": "public",
         "name": "public",
     }
     assert out["signature_checked"] is False
+
+
+def test_explain_gives_a_single_path_as_the_string_written() -> None:
+    out = explain("GET", "/reports/q1", "--anonymous")
+    assert out["route"] == {
+        "index": 3,
+        "path": "/reports/**",
+        "access": "protected",
+        "name": "reports",
+    }
 
 
 def test_explain_dashboard_anonymous_is_denied() -> None:
@@ -163,7 +209,14 @@ def test_explain_token_is_decoded_without_checking_its_signature() -> None:
 
 def test_explain_text_output_says_the_signature_was_not_checked() -> None:
     result = cli(
-        "explain", "--config", "config/routes.yaml", "GET", "/admin", "--claims", claims("admin")
+        "explain",
+        "--config",
+        "config/routes.yaml",
+        "GET",
+        "/admin",
+        "--claims",
+        claims("admin"),
+        env=APP,
     )
     assert result.returncode == 0
     assert "routes[2] (admin)" in result.stdout
@@ -175,3 +228,21 @@ def test_explain_text_output_says_the_signature_was_not_checked() -> None:
 )
 def test_explain_bad_usage_exits_2(args: list[str]) -> None:
     assert cli("explain", *args).returncode == 2
+
+
+def test_explain_says_which_azp_a_copied_policy_refuses() -> None:
+    result = cli(
+        "explain",
+        "--config",
+        "config/routes.yaml",
+        "GET",
+        "/dashboard",
+        "--claims",
+        json.dumps({"sub": "user_1", "exp": time.time() + 60, "azp": "https://other.example"}),
+        env={"APP_ORIGIN": "https://app.example.com"},
+    )
+    assert "token-invalid-authorized-parties" in result.stdout
+    assert (
+        "the token's azp 'https://other.example' is not one of clerk.authorized_parties: "
+        "[https://app.example.com]"
+    ) in result.stdout

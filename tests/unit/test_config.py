@@ -44,12 +44,86 @@ def test_the_example_policy_runs_with_its_environment() -> None:
         "CLERK_PUBLISHABLE_KEY": PK,
         "CLERK_SECRET_KEY": "sk_test_x",
         "CLERK_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "APP_ORIGIN": "https://app.example.com",
     }
     result = load_policy("config/routes.yaml", for_run=True, env=env)
     assert result.problems == ()
     assert result.policy is not None
     assert result.policy.clerk.jwks_url == "https://api.clerk.com/v1/jwks"
     assert result.policy.clerk.issuer == "https://example.accounts.dev"
+    assert result.policy.clerk.authorized_parties == ("https://app.example.com",)
+    # no `webhooks:` section: the secret comes from CLERK_WEBHOOK_SECRET, the default
+    assert result.policy.webhooks.secrets == ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",)
+
+
+WEBHOOK_ONLY = (
+    "clerk:\n  jwt_key: ${CLERK_JWT_KEY:-}\n  jwks_url: https://clerk.example.com/.well-known/jwks.json\n"
+    "upstream: http://127.0.0.1:3000\n"
+    "routes:\n  - {path: /hooks, access: webhook}\n"
+)
+
+
+def test_a_webhook_route_takes_its_secret_from_the_environment_by_default() -> None:
+    env = {
+        "CLERK_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3Q="
+    }
+    result = parse_policy(WEBHOOK_ONLY, "p.yaml", for_run=True, env=env)
+    assert result.errors == ()
+    assert result.policy is not None
+    assert len(result.policy.webhooks.secrets) == 2
+
+
+@pytest.mark.parametrize("env", [{}, {"CLERK_WEBHOOK_SECRET": ""}, {"CLERK_WEBHOOK_SECRET": "  "}])
+def test_an_empty_webhook_secret_says_run_will_refuse(env: dict[str, str]) -> None:
+    checked = parse_policy(WEBHOOK_ONLY, "p.yaml", for_run=False, env=env)
+    assert checked.errors == ()
+    [warning] = [str(p) for p in checked.warnings if "webhooks.secrets" in str(p)]
+    assert "${CLERK_WEBHOOK_SECRET}" in warning
+    assert "`clerk-gateway run` will refuse to start" in warning
+    ran = parse_policy(WEBHOOK_ONLY, "p.yaml", for_run=True, env=env)
+    assert ran.policy is None
+    assert any("${CLERK_WEBHOOK_SECRET}" in str(p) for p in ran.errors)
+
+
+def test_a_literally_empty_secret_list_is_an_error_even_under_check() -> None:
+    text = WEBHOOK_ONLY + "webhooks:\n  secrets: []\n"
+    result = parse_policy(text, "p.yaml", for_run=False, env={"CLERK_WEBHOOK_SECRET": "whsec_x"})
+    assert any("webhooks.secrets" in str(p) for p in result.errors)
+
+
+BAPI_JWKS = (
+    "clerk:\n  api_url: https://api.example.com\n  jwks_url: https://api.example.com/v1/jwks\n"
+)
+
+
+def test_a_backend_jwks_with_no_secret_key_at_all_is_an_error() -> None:
+    text = BAPI_JWKS + "upstream: http://127.0.0.1:3000\n"
+    result = parse_policy(text, "p.yaml", for_run=False, env={})
+    assert any(p.path == "clerk.jwks_url" for p in result.errors), result.problems
+
+
+def test_a_backend_jwks_whose_secret_is_empty_here_is_a_warning() -> None:
+    text = BAPI_JWKS + "  secret_key: ${CLERK_SECRET_KEY:-}\nupstream: http://127.0.0.1:3000\n"
+    result = parse_policy(text, "p.yaml", for_run=False, env={})
+    assert result.errors == ()
+    [warning] = [str(p) for p in result.warnings if "clerk.jwks_url" in str(p)]
+    assert "${CLERK_SECRET_KEY}" in warning
+    assert "refuse to start" in warning
+
+
+def test_duplicate_route_names_are_an_error() -> None:
+    text = (
+        "clerk:\n  jwks_url: https://clerk.example.com/.well-known/jwks.json\n"
+        "upstream: http://127.0.0.1:3000\n"
+        "routes:\n"
+        "  - {name: app, path: /a/**, access: public}\n"
+        "  - {name: app, path: /b/**, access: protected}\n"
+    )
+    result = parse_policy(text, "p.yaml", for_run=False, env={})
+    assert [str(p) for p in result.errors] == [
+        "p.yaml:6: routes[1].name: 'app' is already the name of routes[0] (line 5); "
+        "names label metrics and logs, so each must be unique"
+    ]
 
 
 def test_run_refuses_an_unset_variable_and_names_it() -> None:
@@ -104,8 +178,8 @@ SINGLE_ERRORS = [
         "routes[0].upstream: upstream 'api' is not defined",
     ),
     (
-        "webhook route with no secret",
-        "routes:\n  - {path: /wh, access: webhook}\n",
+        "webhook route with a literally empty secret list",
+        "routes:\n  - {path: /wh, access: webhook}\nwebhooks:\n  secrets: []\n",
         "webhooks.secrets: routes[0] is a webhook route, so at least one 'whsec_' secret is required",
     ),
     ("missing path", "routes:\n  - {access: public}\n", "routes[0].path: required"),

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.clerk.jwks import KeyCache
 from gateway.clerk.keys import KeyMaterialError, cookie_suffix, load_pem_key, parse_publishable_key
 from gateway.clerk.tokens import (
     KeySet,
@@ -21,6 +22,8 @@ from gateway.clerk.tokens import (
     extract,
     verify,
 )
+from gateway.clerk.verifier import SessionVerifier
+from gateway.config import ClerkSettings
 from gateway.decision import Access, Reason
 from gateway.devclerk import DevClerk, SigningKey
 from gateway.policy import decide
@@ -558,3 +561,32 @@ def _oracle() -> tuple[DevClerk, str]:
 
 
 _ORACLE_CLERK, _ORACLE_TOKEN = _oracle()
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512"])
+async def test_a_pem_key_verifies_every_rsa_algorithm(devclerk: DevClerk, alg: str) -> None:
+    """clerk.jwt_key declares no algorithm, so none is pinned (the contract), through the
+    same key cache and verifier that `run` uses."""
+    settings = ClerkSettings(jwt_key=devclerk.signer.public_pem(), issuer=OPTIONS.issuer)
+    verifier = SessionVerifier(settings, KeyCache(settings), None, clock=lambda: NOW)
+    claims = jwt.decode(devclerk.mint(now=NOW), options={"verify_signature": False})
+    token = jwt.encode(claims, devclerk.signer.private, algorithm=alg, headers={"kid": "x"})
+    result = await verifier.verify(token)
+    assert not isinstance(result, Reason), result
+    assert result.user_id == claims["sub"]
+
+
+@pytest.mark.parametrize(
+    ("crit", "expected"),
+    [
+        (["exp"], Reason.TOKEN_INVALID),
+        (["b64"], Reason.TOKEN_INVALID),
+        ([], Reason.TOKEN_INVALID),
+        ("not-a-list", Reason.TOKEN_INVALID),
+    ],
+)
+def test_a_crit_header_is_refused(devclerk: DevClerk, crit: object, expected: Reason) -> None:
+    """RFC 7515 4.1.11: extensions a recipient does not understand must be refused; this
+    gateway understands none (Clerk's SDK refuses them too)."""
+    token = devclerk.mint(now=NOW, headers={"crit": crit, "b64": True})
+    assert verify(token, keyset(devclerk), NOW_MS, OPTIONS) == expected

@@ -1,0 +1,236 @@
+"""Strip-then-inject, the security-critical header rewrite, as a table.
+
+Every row compares the whole list sent upstream (order and duplicates included), so a
+client's second X-Forwarded-For or a header that survives in another spelling shows."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import IdentityHeaders
+from gateway.headers import reserved_names, upstream_headers
+
+CLIENT = "198.51.100.7"
+DEFAULTS = reserved_names(IdentityHeaders())
+CUSTOM = reserved_names(IdentityHeaders(user_id="X-Remote-User"), ("X-Internal-Token",))
+
+
+def forward(
+    incoming: list[tuple[str, str]],
+    *,
+    trusted: bool = False,
+    reserved: frozenset[str] = DEFAULTS,
+    identity: tuple[tuple[str, str], ...] = (),
+    host_override: str | None = None,
+) -> list[tuple[str, str]]:
+    return upstream_headers(
+        incoming,
+        reserved=reserved,
+        trusted_proxy=trusted,
+        client_ip=CLIENT,
+        scheme="http",
+        host="app.example.com",
+        identity=identity,
+        host_override=host_override,
+    )
+
+
+TAIL = [
+    ("Host", "app.example.com"),
+    ("X-Forwarded-For", CLIENT),
+    ("X-Forwarded-Proto", "http"),
+    ("X-Forwarded-Host", "app.example.com"),
+]
+
+ROWS = [
+    # (description, incoming, options, expected)
+    (
+        "plain headers pass in order",
+        [("Accept", "a"), ("X-A", "1"), ("X-A", "2")],
+        {},
+        [("Accept", "a"), ("X-A", "1"), ("X-A", "2"), *TAIL],
+    ),
+    (
+        "x-clerk- prefix in any case",
+        [("x-CLERK-user-id", "u"), ("X-Clerk-Anything", "v")],
+        {},
+        TAIL,
+    ),
+    (
+        "x-clerk- with underscores and dots",
+        [("X_Clerk_Role", "admin"), ("X.Clerk.User.Id", "u"), ("x~clerk~org", "o")],
+        {},
+        TAIL,
+    ),
+    (
+        "x-clerk- stripped from a trusted proxy too",
+        [("X-Clerk-User-Id", "u")],
+        {"trusted": True},
+        TAIL,
+    ),
+    (
+        "a configured identity name, folded",
+        [("X-Remote-User", "a"), ("x_remote_user", "b"), ("X.REMOTE.USER", "c")],
+        {"reserved": CUSTOM},
+        TAIL,
+    ),
+    (
+        "strip_headers names",
+        [("X-Internal-Token", "t"), ("x_internal_token", "t")],
+        {"reserved": CUSTOM},
+        TAIL,
+    ),
+    (
+        "a name that only starts like one is kept",
+        [("X-Remote-Username", "a")],
+        {"reserved": CUSTOM},
+        [("X-Remote-Username", "a"), *TAIL],
+    ),
+    (
+        "X-Clerk without the dash is not ours",
+        [("X-Clerkish", "1")],
+        {},
+        [("X-Clerkish", "1"), *TAIL],
+    ),
+    (
+        "every hop-by-hop header",
+        [
+            (n, "x")
+            for n in (
+                "Connection",
+                "Keep-Alive",
+                "Proxy-Authenticate",
+                "Proxy-Authorization",
+                "Proxy-Connection",
+                "TE",
+                "Trailer",
+                "Transfer-Encoding",
+                "Upgrade",
+            )
+        ],
+        {},
+        TAIL,
+    ),
+    (
+        "names listed in Connection, comma without space",
+        [("Connection", "close,X-Hop"), ("X-Hop", "1"), ("X-Keep", "2")],
+        {},
+        [("X-Keep", "2"), *TAIL],
+    ),
+    (
+        "names listed in Connection, spaces and case",
+        [("Connection", " X-A , x-b "), ("X-A", "1"), ("X-B", "2")],
+        {},
+        TAIL,
+    ),
+    (
+        "names listed in two Connection headers",
+        [("Connection", "X-A"), ("Connection", "X-B"), ("X-A", "1"), ("X-B", "2")],
+        {},
+        TAIL,
+    ),
+    (
+        "framing and expectations are the gateway's",
+        [("Content-Length", "5"), ("Expect", "100-continue")],
+        {},
+        TAIL,
+    ),
+    ("the client's Host is replaced by the one given", [("Host", "evil.example")], {}, TAIL),
+    (
+        "Host rewritten for the upstream",
+        [],
+        {"host_override": "upstream:4000"},
+        [("Host", "upstream:4000"), *TAIL[1:]],
+    ),
+    (
+        "X-Forwarded-* from an untrusted client, twice each",
+        [
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("X-Forwarded-For", "2.2.2.2"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil"),
+            ("Forwarded", "for=1.1.1.1"),
+        ],
+        {},
+        TAIL,
+    ),
+    (
+        "X-Forwarded-For from a trusted proxy is appended to",
+        [("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-For", "2.2.2.2")],
+        {"trusted": True},
+        [
+            ("Host", "app.example.com"),
+            ("X-Forwarded-For", f"1.1.1.1, 2.2.2.2, {CLIENT}"),
+            ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "app.example.com"),
+        ],
+    ),
+    (
+        "proto and host from a trusted proxy, first value",
+        [
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "app.example.org"),
+        ],
+        {"trusted": True},
+        [
+            ("Host", "app.example.com"),
+            ("X-Forwarded-For", CLIENT),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "app.example.org"),
+        ],
+    ),
+    (
+        "Forwarded from a trusted proxy is kept",
+        [("Forwarded", "for=1.1.1.1")],
+        {"trusted": True},
+        [("Forwarded", "for=1.1.1.1"), *TAIL],
+    ),
+    (
+        "override headers from an untrusted client",
+        [
+            (n, "/admin")
+            for n in (
+                "X-Original-URL",
+                "X-Rewrite-URL",
+                "X-HTTP-Method-Override",
+                "X-HTTP-Method",
+                "X-Method-Override",
+                "X-Real-IP",
+                "True-Client-IP",
+                "X-Forwarded-Prefix",
+                "X-Forwarded-Port",
+                "X-Forwarded-Ssl",
+                "X-Forwarded-Server",
+                "X-Forwarded-Scheme",
+                "x_original_url",
+            )
+        ],
+        {},
+        TAIL,
+    ),
+    (
+        "override headers from a trusted proxy are kept",
+        [("X-Real-IP", "1.1.1.1"), ("X-Forwarded-Port", "443")],
+        {"trusted": True},
+        [("X-Real-IP", "1.1.1.1"), ("X-Forwarded-Port", "443"), *TAIL],
+    ),
+    (
+        "identity is added after the strip",
+        [("X-Clerk-User-Id", "forged")],
+        {"identity": (("X-Clerk-User-Id", "user_1"),)},
+        [*TAIL, ("X-Clerk-User-Id", "user_1")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "incoming", "options", "expected"), ROWS, ids=[r[0] for r in ROWS]
+)
+def test_upstream_headers(
+    description: str,
+    incoming: list[tuple[str, str]],
+    options: dict[str, object],
+    expected: list[tuple[str, str]],
+) -> None:
+    assert forward(incoming, **options) == expected, description  # type: ignore[arg-type]
