@@ -7,7 +7,7 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # ---- runtime: no compilers, no caches, no shell tools beyond the base ------------------
 FROM ${PYTHON_IMAGE}
@@ -24,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin gateway
 COPY --from=build /wheels /wheels
-RUN pip install --no-index --find-links=/wheels "clerk-gateway[fast]==${VERSION}" \
+RUN pip install --no-index --find-links=/wheels "clerk-gateway==${VERSION}" \
  && rm -rf /wheels /root/.cache
 COPY config/routes.yaml /etc/clerk-gateway/routes.yaml
 # Works with a read-only root filesystem: nothing is written at run time.

@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         help="gateway port on 127.0.0.1 (8080; 0: all ports free ones)",
     )
     demo.add_argument(
+        "--config",
+        help="run the stand-in and the sample app against your own policy instead of "
+        "config/routes.yaml (it sees CLERK_* and UPSTREAM_URL, APP_ORIGIN as the demo sets them)",
+    )
+    demo.add_argument(
         "--check",
         action="store_true",
         help="run the walkthrough, print it and exit (1 if a check fails)",
@@ -217,7 +222,7 @@ def _python() -> str:
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(args.port, args.check)
+    return run_demo(args.port, args.check, args.config)
 
 
 if __name__ == "__main__":
