@@ -608,6 +608,8 @@ def test_all_optional_objects() -> None:
     assert kinds(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
     (monitor,) = kinds(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert len(kinds(docs, "PrometheusRule")) == 1
+    assert named(docs, "ConfigMap", "gw-clerk-gateway-dashboard")
     (ingress,) = kinds(docs, "Ingress")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "gw-clerk-gateway", "port": {"name": "http"}}
@@ -838,6 +840,8 @@ def test_notes_tell_how_to_reload_without_kill() -> None:
         {"policy": {"default": "webhook"}},
         {"policy": {"unknown": 1}},
         {"service": {"adminPort": 9090}},  # the admin port is adminService.port
+        {"prometheusRule": {"disabled": ["NoSuchAlert"]}},
+        {"prometheusRule": {"thresholds": {"errorRatio": 5}}},
         {"networkPolicy": {"egress": {"clerkApi": {"cidrs": ["api.clerk.com"]}}}},
         {"topologySpreadConstraints": [{"maxSkew": 1}]},
     ],
