@@ -424,6 +424,14 @@ def test_policy_extras_land_in_their_sections() -> None:
     ]
 
 
+def test_trusted_proxies_take_addresses_and_cidrs() -> None:
+    vals = minimal(policy={"trustedProxies": ["10.0.0.5", "fd00::/8"]})
+    docs = render(vals)
+    assert policy_doc(docs)["trusted_proxies"] == ["10.0.0.5", "fd00::/8"]
+    result = parse_policy(policy_text(docs), "routes.yaml", for_run=False, env={})
+    assert result.errors == ()
+
+
 # ---- services: the admin port on its own ClusterIP Service ----------------------------------
 
 
@@ -813,6 +821,14 @@ def test_notes_tell_how_to_reload_without_kill() -> None:
         text = notes(values(scenario))
         assert "clerk-gateway reload --pid 1" in text, scenario
         assert "kill" not in text, scenario
+
+
+@pytest.mark.parametrize("mode", ["sidecar", "forward-auth"])
+def test_an_ingress_to_the_gateway_is_for_standalone_only(mode: str) -> None:
+    vals = values("forward-auth") if mode == "forward-auth" else values("sidecar")
+    render(vals)
+    vals = {**vals, "ingress": {"enabled": True}}
+    assert f"in {mode} mode put the Ingress in front of your app" in render_error(vals)
 
 
 # ---- schema ----------------------------------------------------------------------------------

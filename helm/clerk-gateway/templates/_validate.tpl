@@ -48,6 +48,9 @@
 {{- if and (eq $v.mode "standalone") (not $v.upstream.url) -}}
   {{- fail "upstream.url is required in standalone mode: the Service the gateway fronts, e.g. http://my-app.my-namespace.svc.cluster.local:80" -}}
 {{- end -}}
+{{- if and $v.ingress.enabled (ne $v.mode "standalone") -}}
+  {{- fail (printf "ingress.enabled renders an Ingress to the gateway's Service in standalone mode only; in %s mode put the Ingress in front of your app (forward-auth: with the annotations the install notes print)" $v.mode) -}}
+{{- end -}}
 {{- if and (eq $v.mode "forward-auth") (or $c.webhookSecret $c.existingSecretKeys.webhookSecret) -}}
   {{- fail "forward-auth mode cannot verify webhooks (the ingress does not pass the body on): leave clerk.webhookSecret and clerk.existingSecretKeys.webhookSecret empty, and run a proxy-mode release for the webhook route" -}}
 {{- end -}}
