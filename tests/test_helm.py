@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,28 @@ def test_lint_is_clean() -> None:
     report = helm.lint(str(CHART), strict=True)
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def documented_values() -> dict[str, dict[str, Any]]:
+    """The `# values-<name>.yaml` examples of docs/deployment.md."""
+    text = (CHART.parents[1] / "docs" / "deployment.md").read_text()
+    found = re.findall(r"```yaml\n# (values-[\w-]+\.yaml)\n(.*?)```", text, re.DOTALL)
+    return {name: yaml.safe_load(body) for name, body in found}
+
+
+def test_the_documented_values_files_install() -> None:
+    documented = documented_values()
+    assert set(documented) == {
+        "values-standalone.yaml",
+        "values-sidecar.yaml",
+        "values-forward-auth.yaml",
+    }
+    for name, vals in documented.items():
+        report = helm.lint(str(CHART), vals, strict=True)
+        assert report["errors"] == [], (name, report)
+        docs = render(vals)
+        assert gateway_containers(docs), name
+        assert policy_doc(docs)["trusted_proxies"], name
 
 
 def test_bare_chart_does_not_install_and_says_what_to_set() -> None:
