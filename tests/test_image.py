@@ -94,6 +94,7 @@ def test_image_steps_in_a_clean_virtualenv(tmp_path: Path, devclerk: DevClerk) -
         "CLERK_PUBLISHABLE_KEY": devclerk.publishable_key,
         "CLERK_JWT_KEY": devclerk.signer.public_pem(),
         "CLERK_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "APP_ORIGIN": devclerk.origin,
     }
     proc = subprocess.Popen(
         command, env=run_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
