@@ -18,8 +18,8 @@ import jwt
 
 from gateway.clerk.jwks import KeyCache
 from gateway.clerk.verifier import SessionVerifier
-from gateway.config import ClerkSettings
 from gateway.devclerk import DevClerk
+from gateway.model import ClerkSettings
 
 
 def rate(seconds: float, fn: Callable[[int], object]) -> float:

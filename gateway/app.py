@@ -23,11 +23,12 @@ from gateway.accesslog import AccessLog
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
 from gateway.clerk.tokens import extract
 from gateway.clerk.verifier import SessionVerifier
-from gateway.config import ClerkSettings, Limits, Policy, Upstream, load_policy
+from gateway.config import load_policy
 from gateway.decision import Access, Principal, Reason
 from gateway.headers import identity_values, reserved_names, safe_value, upstream_headers
 from gateway.http1 import Exchange, RequestHead
 from gateway.metrics import Metrics
+from gateway.model import ClerkSettings, Limits, Policy, Upstream
 from gateway.paths import Target, normalise_target
 from gateway.policy import decide
 from gateway.responses import body_of, denial, is_navigation, status_of

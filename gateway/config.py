@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,6 +26,18 @@ from gateway.clerk.keys import (
     parse_publishable_key,
 )
 from gateway.decision import Access
+from gateway.model import (
+    DEFAULT_API_URL,
+    ClerkSettings,
+    IdentityHeaders,
+    IPNetwork,
+    JwksSettings,
+    Limits,
+    Policy,
+    Upstream,
+    WebhookSettings,
+    under,
+)
 from gateway.reader import Reader, env_names, kind_of
 from gateway.routes import (
     HostPattern,
@@ -41,125 +53,7 @@ from gateway.routes import (
 from gateway.webhooks import secret_bytes
 from gateway.yamlsource import EnvStr, Problem, Severity, parse
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-DEFAULT_API_URL = "https://api.clerk.com"
 DEFAULT_WEBHOOK_SECRETS = "${CLERK_WEBHOOK_SECRET:-}"
-
-
-@dataclass(frozen=True, slots=True)
-class JwksSettings:
-    refresh_interval_s: float = 300.0
-    kid_cooldown_s: float = 30.0
-    max_stale_s: float = 21600.0
-    fetch_timeout_s: float = 5.0
-    fetch_attempts: int = 3
-
-
-@dataclass(frozen=True, slots=True)
-class ClerkSettings:
-    publishable_key: PublishableKey | None = None
-    secret_key: str | None = field(default=None, repr=False)
-    jwt_key: str | None = field(default=None, repr=False)
-    api_url: str = DEFAULT_API_URL
-    jwks_url: str | None = None
-    issuer: str | None = None
-    authorized_parties: tuple[str, ...] | None = None
-    allow_missing_azp: bool = False
-    clock_skew_ms: int = 5000
-    jwks: JwksSettings = field(default_factory=JwksSettings)
-    token_cache_size: int = 10_000
-
-    @property
-    def jwks_sends_secret(self) -> bool:
-        """The secret key goes only to Clerk's Backend API, never to another host."""
-        return (
-            self.secret_key is not None
-            and self.jwks_url is not None
-            and _under(self.jwks_url, self.api_url)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookSettings:
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-    remember_s: float = 900.0
-    tolerance_s: float = 300.0
-    max_body_bytes: int = 1_048_576
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    name: str
-    url: str
-    scheme: str
-    host: str
-    port: int
-    base_path: str
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
-    preserve_host: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_header_bytes: int = 16_384  # one header line, and what is buffered of an unfinished one
-    max_request_line_bytes: int = 8_192
-    max_head_bytes: int = 65_536  # request line and every header together
-    request_head_timeout_s: float = 30.0  # from the first byte of a request to its last header
-    body_idle_timeout_s: float = 60.0  # the longest gap between two request-body reads
-
-
-@dataclass(frozen=True, slots=True)
-class IdentityHeaders:
-    user_id: str | None = "X-Clerk-User-Id"
-    session_id: str | None = "X-Clerk-Session-Id"
-    role: str | None = "X-Clerk-Role"
-    org_id: str | None = "X-Clerk-Org-Id"
-    org_slug: str | None = "X-Clerk-Org-Slug"
-    org_role: str | None = "X-Clerk-Org-Role"
-    org_permissions: str | None = "X-Clerk-Org-Permissions"
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(
-            n
-            for n in (
-                self.user_id,
-                self.session_id,
-                self.role,
-                self.org_id,
-                self.org_slug,
-                self.org_role,
-                self.org_permissions,
-            )
-            if n
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    file: str
-    clerk: ClerkSettings
-    webhooks: WebhookSettings
-    upstreams: Mapping[str, Upstream]
-    routes: tuple[Route, ...]
-    table: RouteTable
-    default: Access = Access.PROTECTED
-    sign_in_url: str = "/sign-in"
-    unauthorized_url: str = "/unauthorized"
-    role_claim: tuple[str, ...] | None = None
-    trusted_proxies: tuple[IPNetwork, ...] = ()
-    # None: refuse a path that matches differently once folded (case, trailing dots and
-    # spaces); True: fold and match; False: match exactly, never refuse
-    case_insensitive_paths: bool | None = None
-    strip_headers: tuple[str, ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    identity_headers: IdentityHeaders = field(default_factory=IdentityHeaders)
-    warnings: tuple[Problem, ...] = ()
-    digest: str = ""  # of the file's text: names the running policy in logs
-
-    def upstream_for(self, route: Route | None) -> Upstream:
-        return self.upstreams[route.upstream if route is not None else "default"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,18 +93,9 @@ def parse_policy(
     if any(p.severity is Severity.ERROR for p in problems):
         return LoadResult(None, tuple(problems))
     if policy is not None:
-        warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        policy = replace(policy, warnings=warnings, digest=digest)
+        policy = replace(policy, digest=digest)
     return LoadResult(policy, tuple(problems))
-
-
-def _under(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    if (a.scheme, a.netloc.lower()) != (b.scheme, b.netloc.lower()):
-        return False
-    base_path = b.path.rstrip("/")
-    return a.path == base_path or a.path.startswith(base_path + "/")
 
 
 _TOP_KEYS = (
@@ -692,7 +577,7 @@ class _Reader(Reader):
             clerk.jwks_url
             and not clerk.secret_key
             and not clerk.jwt_key
-            and _under(clerk.jwks_url, clerk.api_url)
+            and under(clerk.jwks_url, clerk.api_url)
         ):
             raw_clerk = root.get("clerk") if isinstance(root.get("clerk"), dict) else {}
             secret = raw_clerk.get("secret_key") if isinstance(raw_clerk, dict) else None

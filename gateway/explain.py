@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 from gateway.clerk.claims import principal_from_claims
 from gateway.clerk.tokens import check_claims, check_header, decode
 from gateway.clerk.verifier import options_for
-from gateway.config import Policy
 from gateway.decision import Access, Decision, Principal, Reason
 from gateway.headers import identity_values
+from gateway.model import Policy
 from gateway.paths import normalise_target
 from gateway.policy import Outcome, decide
 from gateway.responses import denial, is_navigation

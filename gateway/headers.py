@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from gateway.config import IdentityHeaders
 from gateway.decision import Principal
+from gateway.model import IdentityHeaders
 
 log = logging.getLogger("clerk_gateway.headers")
 

@@ -31,8 +31,8 @@ from typing import Any, cast
 
 import httptools
 
-from gateway.config import Limits
 from gateway.decision import Reason
+from gateway.model import Limits
 from gateway.responses import body_of, status_of
 
 log = logging.getLogger("clerk_gateway")

@@ -17,9 +17,9 @@ from typing import Protocol, cast
 
 import httptools
 
-from gateway.config import Upstream
 from gateway.decision import Reason
 from gateway.headers import HOP_BY_HOP as HOP_BY_HOP_NAMES
+from gateway.model import Upstream
 
 HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP_NAMES)
 MAX_RESPONSE_HEAD = 65_536

@@ -30,8 +30,8 @@ from jwt.exceptions import InvalidKeyError
 
 from gateway.clerk.keys import load_pem_key
 from gateway.clerk.tokens import EMPTY_KEYS, KeySet, VerifyKey
-from gateway.config import ClerkSettings
 from gateway.decision import Reason
+from gateway.model import ClerkSettings
 
 log = logging.getLogger("clerk_gateway.jwks")
 

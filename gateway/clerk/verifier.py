@@ -30,8 +30,8 @@ from gateway.clerk.tokens import (
     check_signature,
     decode,
 )
-from gateway.config import ClerkSettings
 from gateway.decision import Principal, Reason
+from gateway.model import ClerkSettings
 
 FAILURE_TTL_S = 30.0
 _PERMANENT = frozenset(

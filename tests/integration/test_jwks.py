@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.clerk.jwks import FetchError, KeyCache, parse_jwks
 from gateway.clerk.tokens import VerifyKey
 from gateway.clerk.verifier import SessionVerifier
-from gateway.config import ClerkSettings, JwksSettings
 from gateway.decision import Principal, Reason
 from gateway.devclerk import DevClerk
+from gateway.model import ClerkSettings, JwksSettings
 from tests.helpers import wait_until
 
 

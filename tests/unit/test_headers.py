@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import IdentityHeaders
 from gateway.headers import reserved_names, upstream_headers
+from gateway.model import IdentityHeaders
 
 CLIENT = "198.51.100.7"
 DEFAULTS = reserved_names(IdentityHeaders())

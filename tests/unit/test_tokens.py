@@ -23,9 +23,9 @@ from gateway.clerk.tokens import (
     verify,
 )
 from gateway.clerk.verifier import SessionVerifier
-from gateway.config import ClerkSettings
 from gateway.decision import Access, Reason
 from gateway.devclerk import DevClerk, SigningKey
+from gateway.model import ClerkSettings
 from gateway.policy import decide
 
 NOW = 1_750_000_000
