@@ -1,11 +1,12 @@
-"""The per-request JSON log line, written without the logging module's per-record cost.
+"""The per-request JSON log line, and the one writer every log line goes through.
 
 `logging` spends tens of microseconds per record (a LogRecord, caller lookup, handler
-locks, a write per line); on the request path that is as much as the proxying itself.
-Lines here are serialised with the C JSON encoder and written in batches (at most every
-0.2 s or 64 KiB), each a complete JSON object on its own line, in the same shape as the
-other log lines. Never a token, cookie, query string, secret or body: callers pass only
-the fields named in app.py.
+locks, a write per line); on the request path that is as much as the proxying itself. An
+access line here is one %-format of values that are JSON-safe by construction (methods and
+normalised paths cannot hold a quote or a backslash; labels are escaped once) or escaped
+only when they need it, and lines are written in batches (at most every 0.2 s or 64 KiB).
+Other log lines go through the same writer, which writes everything pending first, so the
+output stays in time order. Never a token, cookie, query string, secret or body.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -22,36 +22,16 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 65_536
 
 
-class AccessLog:
+class LineWriter:
+    """Lines to stdout (or a stream), batched; `now()` writes at once, after the batch."""
+
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
-        self.enabled = True
-        self.sink: Callable[[dict[str, Any]], None] | None = None  # tests observe entries here
         self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._second = -1
-        self._stamp = ""
 
-    def record(self, entry: dict[str, Any]) -> None:
-        if self.sink is not None:
-            self.sink(entry)
-        if not self.enabled:
-            return
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = _encode(
-            {
-                "ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z",
-                "level": "info",
-                "logger": "clerk_gateway.access",
-                "msg": "request",
-                **entry,
-            }
-        )
+    def later(self, line: str) -> None:
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:
@@ -64,6 +44,10 @@ class AccessLog:
                 return
             self._timer = loop.call_later(FLUSH_INTERVAL_S, self.flush)
 
+    def now(self, line: str) -> None:
+        self._lines.append(line)
+        self.flush()
+
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -75,3 +59,153 @@ class AccessLog:
         stream.flush()
         self._lines = []
         self._size = 0
+
+
+WRITER = LineWriter()
+
+
+class Clock:
+    """`ts` values: the seconds part formatted once per second."""
+
+    __slots__ = ("_second", "_stamp")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+
+    def stamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+
+def quoted(value: str | None) -> str:
+    """A JSON string (or null), escaping only when the value needs it."""
+    if value is None:
+        return "null"
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
+
+
+def number(value: float | int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+_REQUEST = (
+    '{"ts":"%s","level":"info","logger":"clerk_gateway.access","msg":"request",'
+    '"method":"%s","path":%s,"route":%s,"access":"%s","decision":"%s","status":%d,'
+    '"reason":%s,"user_id":%s,"duration_ms":%s,"upstream_status":%s,"upstream_ms":%s,'
+    '"client":%s,"host":%s,"user_agent":%s,"request_id":%s,"trace_id":%s%s}'
+)
+
+
+class AccessLog:
+    def __init__(self, writer: LineWriter | None = None) -> None:
+        self.writer = writer or WRITER
+        self.enabled = True
+        self.sink: Any = None  # tests observe entries here (a callable taking a dict)
+        self._clock = Clock()
+
+    def request(
+        self,
+        *,
+        method: str,
+        path: str | None,
+        route: str,
+        access: str,
+        decision: str,
+        status: int,
+        reason: str | None,
+        user_id: str | None,
+        duration_ms: float,
+        upstream_status: int | None,
+        upstream_ms: float | None,
+        client: str | None = None,
+        host: str | None = None,
+        user_agent: str | None = None,
+        request_id: str | None = None,
+        trace_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """One request's line. `route` is already a JSON string (labels escape once)."""
+        if self.sink is not None:
+            self.sink(
+                {
+                    "method": method,
+                    "path": path,
+                    "route": json.loads(route),
+                    "access": access,
+                    "decision": decision,
+                    "status": status,
+                    "reason": reason,
+                    "user_id": user_id,
+                    "duration_ms": duration_ms,
+                    "upstream_status": upstream_status,
+                    "upstream_ms": upstream_ms,
+                    "client": client,
+                    "host": host,
+                    "user_agent": user_agent,
+                    "request_id": request_id,
+                    "trace_id": trace_id,
+                    **(extra or {}),
+                }
+            )
+        if not self.enabled:
+            return
+        tail = "".join(f",{json.dumps(k)}:{_encode(v)}" for k, v in extra.items()) if extra else ""
+        self.writer.later(
+            _REQUEST
+            % (
+                self._clock.stamp(time.time()),
+                method,
+                "null" if path is None else f'"{path}"',
+                route,
+                access,
+                decision,
+                status,
+                "null" if reason is None else f'"{reason}"',
+                quoted(user_id),
+                duration_ms,
+                number(upstream_status),
+                number(upstream_ms),
+                quoted(client),
+                quoted(host),
+                quoted(user_agent),
+                quoted(request_id),
+                quoted(trace_id),
+                tail,
+            )
+        )
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """A line with the given fields (events that are not a forwarded request)."""
+        if self.sink is not None:
+            self.sink(entry)
+        if not self.enabled:
+            return
+        self.writer.later(
+            _encode(
+                {
+                    "ts": self._clock.stamp(time.time()),
+                    "level": "info",
+                    "logger": "clerk_gateway.access",
+                    "msg": "request",
+                    **entry,
+                }
+            )
+        )
+
+    @property
+    def stream(self) -> TextIO | None:
+        return self.writer.stream
+
+    @stream.setter
+    def stream(self, stream: TextIO) -> None:
+        """Access lines to a stream of their own (tests capture them so)."""
+        self.writer = LineWriter(stream)
+
+    def flush(self) -> None:
+        self.writer.flush()

@@ -1,9 +1,12 @@
-"""The gateway: one request from its parsed head to a response, and policy reloads.
+"""The gateway: one request from its parsed head to a response or a forward, and reloads.
 
-One request: normalise the target once, match, verify (when a token is offered: the
-cache answers without an await), decide, then either answer from responses.py or
-strip-then-inject the headers and forward. Every path through `handle` ends in one
-metrics call and one JSON log line labelled with the same reason code the client sees.
+One request: locate (normalise the target once, match the route; cached per target),
+extract the credentials, ask the verified-token cache (verify on a miss; await only for a
+key fetch), decide (decide.py, the one decision), then answer from responses.py or hand
+the request to the upstream pool with the identity block built once per token. Where
+nothing must be awaited this all runs inside the parser's callback: no task. Every
+request ends in one metrics increment and one access-log line, labelled with the same
+reason code the client sees.
 """
 
 from __future__ import annotations
@@ -11,77 +14,110 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from gateway.accesslog import AccessLog
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
-from gateway.clerk.tokens import extract
-from gateway.clerk.verifier import SessionVerifier
+from gateway.clerk.tokens import Extracted, extract, token_from_authorization
+from gateway.clerk.verifier import SessionVerifier, Verified
 from gateway.config import load_policy
-from gateway.decision import Access, Principal, Reason
-from gateway.headers import identity_values, reserved_names, safe_value, upstream_headers
-from gateway.http1 import Exchange, RequestHead
+from gateway.decide import Located, decide, locate
+from gateway.decision import Access, Decision, Reason
+from gateway.headers import HeaderRules, forwarded_lines, upstream_head
+from gateway.http1 import Continuation, Exchange
+from gateway.identity import header_block, identity_values
 from gateway.metrics import Metrics
 from gateway.model import ClerkSettings, Limits, Policy, Upstream
-from gateway.paths import Target, normalise_target
-from gateway.policy import decide
-from gateway.responses import body_of, denial, is_navigation, status_of
-from gateway.routes import AMBIGUOUS, Ambiguous, Route, host_without_port
+from gateway.responses import Denial, denial, is_navigation, render, status_of
+from gateway.routes import Route, host_without_port
 from gateway.upstream import Pool, UpstreamFailure, authority
 from gateway.webhooks import DeliveryRecord, event_type, read_headers, secret_bytes
 from gateway.webhooks import verify as verify_webhook
 
 log = logging.getLogger("clerk_gateway")
 
-RETRY_AFTER_S = b"5"
-Continuation = Callable[[], Coroutine[Any, Any, None]]
+_CACHED = 4096  # targets and cookie headers remembered per policy
 
 
-@dataclass(frozen=True, slots=True)
+class _UpstreamWire:
+    """What an upstream adds to every head, as bytes, once."""
+
+    __slots__ = ("base", "host", "upstream")
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.base = upstream.base_path.encode("ascii")
+        self.host = None if upstream.preserve_host else authority(upstream).encode("ascii")
+
+
 class Runtime:
     """Everything derived from one policy; swapped atomically on reload."""
 
-    policy: Policy
-    verifier: SessionVerifier
-    reserved: frozenset[str]
-    webhook_secrets: tuple[bytes, ...]
-    deliveries: DeliveryRecord
+    def __init__(self, policy: Policy, keys: KeyCache, deliveries: DeliveryRecord) -> None:
+        self.policy = policy
+        self.verifier = SessionVerifier(policy.clerk, keys, policy.role_claim)
+        self.rules = HeaderRules(policy.identity_headers.names(), policy.strip_headers)
+        self.webhook_secrets = tuple(secret_bytes(s) for s in policy.webhooks.secrets)
+        self.deliveries = deliveries
+        self.upstreams = {name: _UpstreamWire(u) for name, u in policy.upstreams.items()}
+        self.labels: dict[int, tuple[str, str]] = {
+            r.index: (r.label, json.dumps(r.label)) for r in policy.routes
+        }
+        self.default_label = ("default", '"default"')
+        networks = policy.trusted_proxies
 
+        def trust(client_ip: str) -> bool:
+            if not networks or not client_ip:
+                return False
+            try:
+                ip = ipaddress.ip_address(client_ip)
+            except ValueError:
+                return False
+            return any(ip in net for net in networks)
 
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """One request's facts, carried from the decision to forwarding (across awaits)."""
+        self.trust = trust  # a new function per policy: connections re-check on reload
+        self._located: dict[tuple[bytes, bytes, bytes], Located | Reason] = {}
+        self._cookies: dict[bytes, Extracted] = {}
 
-    ex: Exchange
-    rt: Runtime
-    out: _Outcome
-    target: Target
-    route: Route | None
-    trusted: bool
-    token_given: bool
+    def locate(self, ex: Exchange) -> Located | Reason:
+        """`decide.locate`, remembered per (method, host, target)."""
+        key = (ex.method, ex.host, ex.url)
+        found = self._located.get(key)
+        if found is None:
+            host = host_without_port(ex.host.decode("latin-1"))
+            target = ex.url.decode("utf-8", "surrogateescape")
+            found = locate(self.policy, ex.method.decode("latin-1"), host, target)
+            if isinstance(found, Located):
+                # the normalised path, and the query exactly as received
+                _, mark, query = ex.url.partition(b"?")
+                found.wire = found.target.path.encode("ascii") + (mark + query if mark else b"")
+            if len(self._located) < _CACHED:
+                self._located[key] = found
+        return found
 
+    def from_cookie(self, cookie: bytes) -> Extracted:
+        """This instance's session cookie (Clerk's rules), remembered per Cookie header."""
+        found = self._cookies.get(cookie)
+        if found is None:
+            found = extract(
+                None,
+                parse_cookies(cookie.decode("latin-1")),
+                self.policy.clerk.publishable_key,
+                time.time(),
+                self.verifier.peek,
+            )
+            if len(self._cookies) < _CACHED:
+                self._cookies[cookie] = found
+        return found
 
-@dataclass(slots=True)
-class _Outcome:
-    """What the log line and the metric say about one request."""
-
-    route: Route | None = None
-    access: str = "-"
-    decision: str = "deny"
-    reason: Reason | None = None
-    status: int = 0
-    user_id: str | None = None
-    path: str | None = None
-    upstream_status: int | None = None
-    upstream_ms: float | None = None
-    webhook_id: str | None = None
-    webhook_event: str | None = None
+    def label(self, route: Route | None) -> tuple[str, str]:
+        return self.labels[route.index] if route is not None else self.default_label
 
 
 def _key_source(settings: ClerkSettings) -> tuple[object, ...]:
@@ -95,6 +131,8 @@ def _key_source(settings: ClerkSettings) -> tuple[object, ...]:
 
 
 class Gateway:
+    """The application behind the listener (http1.Handler)."""
+
     def __init__(
         self,
         config_path: str,
@@ -106,13 +144,20 @@ class Gateway:
         self.env = env
         self.metrics = metrics or Metrics()
         self.access_log = AccessLog()
-        self.pool = Pool()
+        self._pool: Pool | None = None
         self.keys: KeyCache | None = None
         self._runtime: Runtime | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._file_state: tuple[float, int] | None = None
         self._reload_lock = asyncio.Lock()
         self.readiness_checks: list[Callable[[], tuple[bool, str]]] = []
+        self.on_reload: list[Callable[[Runtime], None]] = []
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(on_failure=self._upstream_failed, observe=self._observe_upstream)
+        return self._pool
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -125,7 +170,9 @@ class Gateway:
             log.warning("policy warning", extra={"problem": str(warning)})
         self._file_state = self._stat()
         self.keys = self._new_keys(result.policy.clerk)
-        self._runtime = self._build(result.policy, self.keys)
+        self._install(
+            Runtime(result.policy, self.keys, DeliveryRecord(result.policy.webhooks.remember_s))
+        )
         self.metrics.watch_keys(self._key_stats)
         await self.keys.start()
 
@@ -136,7 +183,8 @@ class Gateway:
                 await self._watch_task
         if self.keys is not None:
             await self.keys.close()
-        self.pool.close()
+        if self._pool is not None:
+            self._pool.close()
         self.access_log.flush()
 
     def _key_stats(self) -> KeyCacheStats:
@@ -145,20 +193,14 @@ class Gateway:
 
     def _new_keys(self, settings: ClerkSettings) -> KeyCache:
         keys = KeyCache(settings)
-        keys.on_fetch = lambda ok: self.metrics.jwks_fetches.labels(
-            "success" if ok else "failure"
-        ).inc()
+        keys.on_fetch = self.metrics.count_jwks_fetch
         return keys
 
-    def _build(self, policy: Policy, keys: KeyCache) -> Runtime:
-        secrets = tuple(secret_bytes(s) for s in policy.webhooks.secrets)
-        return Runtime(
-            policy=policy,
-            verifier=SessionVerifier(policy.clerk, keys, policy.role_claim),
-            reserved=reserved_names(policy.identity_headers, policy.strip_headers),
-            webhook_secrets=secrets,
-            deliveries=DeliveryRecord(policy.webhooks.remember_s),
-        )
+    def _install(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self.metrics.policy_digest = runtime.policy.digest
+        for hook in self.on_reload:
+            hook(runtime)
 
     @property
     def runtime(self) -> Runtime:
@@ -176,6 +218,13 @@ class Gateway:
                 return False, why
         return True, "ready"
 
+    # What the listener reads from the running policy.
+    def limits(self) -> Limits:
+        return self.runtime.policy.limits
+
+    def rules(self) -> HeaderRules:
+        return self.runtime.rules
+
     # ---- reloads ----------------------------------------------------------------------------
 
     async def reload(self) -> bool:
@@ -184,7 +233,7 @@ class Gateway:
             result = load_policy(self.config_path, for_run=True, env=self.env)
             self._file_state = self._stat()
             if result.policy is None:
-                self.metrics.policy_reloads.labels("failure").inc()
+                self.metrics.count_reload(False)
                 log.error(
                     "policy reload rejected; keeping the running policy",
                     extra={"problems": [str(p) for p in result.errors]},
@@ -200,26 +249,27 @@ class Gateway:
                 await keys.start()
                 if not await keys.wait_first_fetch():
                     await keys.close()
-                    self.metrics.policy_reloads.labels("failure").inc()
+                    self.metrics.count_reload(False)
                     log.error(
                         "policy reload rejected: the new key source gave no usable keys; "
                         "keeping the running policy",
                         extra={"jwks_url": result.policy.clerk.jwks_url},
                     )
                     return False
-            new = self._build(result.policy, keys)
-            if new.policy.webhooks.remember_s == old.policy.webhooks.remember_s:
-                new = replace(new, deliveries=old.deliveries)
-            self._runtime = new
+            same_window = result.policy.webhooks.remember_s == old.policy.webhooks.remember_s
+            deliveries = (
+                old.deliveries if same_window else DeliveryRecord(result.policy.webhooks.remember_s)
+            )
+            self._install(Runtime(result.policy, keys, deliveries))
             if keys is not self.keys:
                 previous, self.keys = self.keys, keys
                 if previous is not None:
                     await previous.close()
-            self.pool.retire(list(new.policy.upstreams.values()))
-            self.metrics.policy_reloads.labels("success").inc()
+            self.pool.retire(list(result.policy.upstreams.values()))
+            self.metrics.count_reload(True)
             log.info(
                 "policy reloaded",
-                extra={"policy": new.policy.digest, "routes": len(new.policy.routes)},
+                extra={"policy": result.policy.digest, "routes": len(result.policy.routes)},
             )
             return True
 
@@ -242,324 +292,261 @@ class Gateway:
 
         self._watch_task = asyncio.create_task(loop(), name="policy-watch")
 
-    # ---- one request ------------------------------------------------------------------------
-
-    def limits(self) -> Limits:
-        return self.runtime.policy.limits
-
-    def refused(self, reason: Reason) -> None:
-        """A request the HTTP parser refused (414, 431, malformed): counted, logged."""
-        self.metrics.record("default", "-", "deny", reason.value, status_of(reason), 0.0)
-        self.access_log.record(
-            {"decision": "deny", "reason": reason.value, "status": status_of(reason)}
-        )
+    # ---- one request (http1.Handler) --------------------------------------------------------
 
     def handle(self, ex: Exchange) -> Continuation | None:
-        """Decide synchronously where no I/O is needed (every denial, cached or absent
-        tokens); else return what to run next (forwarding, key fetches, webhooks).
-
-        What comes back is a function, not a coroutine: the connection runs it in a task,
-        and a task cancelled before it starts then leaves nothing half-created behind."""
-        started = time.perf_counter()
+        """Decide synchronously where no I/O is needed (every denial, cached or held-key
+        verifications) and forward on a pooled connection; else return what to run in a
+        task (a key fetch, a webhook body)."""
         rt = self.runtime
-        out = _Outcome()
-        try:
-            then = self._handle(ex, rt, out)
-        except Exception:
-            self._crashed(ex, out)
-            then = None
-        if then is None:
-            self._record(ex, out, started)
+        located = rt.locate(ex)
+        if not isinstance(located, Located):
+            self._deny(ex, rt, located)
             return None
-        return partial(self._complete, then, ex, out, started)
-
-    async def _complete(
-        self, then: Continuation, ex: Exchange, out: _Outcome, started: float
-    ) -> None:
-        self.metrics.in_flight.inc()
-        try:
-            await then()
-        except Exception:
-            self._crashed(ex, out)
-        finally:
-            self.metrics.in_flight.dec()
-            self._record(ex, out, started)
-
-    def _crashed(self, ex: Exchange, out: _Outcome) -> None:
-        """A bug: logged with its traceback, counted, answered 500 (never a hang, never
-        a 'malformed request'), and the connection closed after the answer."""
-        log.exception("request handling failed", extra={"method": ex.head.method, "path": out.path})
-        ex.keep_alive = False
-        if ex.response_started:
-            out.reason, out.status = Reason.INTERNAL_ERROR, ex.status
-            ex.conn.abort()  # a partial response must never look complete
-            return
-        self._deny(ex, out, Reason.INTERNAL_ERROR)
-
-    def _record(self, ex: Exchange, out: _Outcome, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        route_label = out.route.label if out.route is not None else "default"
-        reason = out.reason.value if out.reason is not None else "none"
-        status = out.status or (499 if not ex.response_started else ex.status)
-        self.metrics.record(route_label, out.access, out.decision, reason, status, elapsed)
-        extra: dict[str, object] = {
-            "method": ex.head.method,
-            "path": out.path,
-            "route": route_label,
-            "access": out.access,
-            "decision": out.decision,
-            "status": status,
-            "reason": out.reason.value if out.reason else None,
-            "user_id": out.user_id,
-            "duration_ms": round(elapsed * 1000, 3),
-            "upstream_status": out.upstream_status,
-            "upstream_ms": out.upstream_ms,
-        }
-        if out.webhook_id:
-            extra["webhook_id"] = out.webhook_id
-            extra["webhook_event"] = out.webhook_event
-        self.access_log.record(extra)
-
-    def _handle(self, ex: Exchange, rt: Runtime, out: _Outcome) -> Continuation | None:
-        policy = rt.policy
-        head = ex.head
-        target = normalise_target(head.target)
-        if target is None:
-            self._deny(ex, out, Reason.PATH_AMBIGUOUS)
+        route = located.route
+        ex.path = located.target.path
+        ex.route = rt.label(route)
+        ex.access = located.access.value
+        if located.access is Access.DENY:
+            self._deny(ex, rt, Reason.ROUTE_DENIED)
             return None
-        out.path = target.path
-        host = head.get("host", "") or ""
-        route = policy.table.match(head.method, host_without_port(host), target.path)
-        if route is AMBIGUOUS:
-            self._deny(ex, out, Reason.PATH_AMBIGUOUS)
-            return None
-        assert not isinstance(route, Ambiguous)
-        access = route.access if route is not None else policy.default
-        out.route, out.access = route, access.value
-        trusted = self._trusted(head, policy)
-        if access is Access.DENY:
-            self._deny(ex, out, Reason.ROUTE_DENIED)
-            return None
-        if access is Access.WEBHOOK:
-            return partial(self._webhook, _Request(ex, rt, out, target, route, trusted, False))
-        token = extract(
-            head.get("authorization"),
-            parse_cookies(head.get("cookie")),
-            policy.clerk.publishable_key,
-            time.time(),
-        ).token
-        request = _Request(ex, rt, out, target, route, trusted, token is not None)
+        if located.access is Access.WEBHOOK:
+            return partial(self._webhook, ex, rt, located)
+        auth = ex.authorization
+        token = token_from_authorization(auth.decode("latin-1")) if auth is not None else None
+        if token is None and ex.cookie is not None:
+            token = rt.from_cookie(ex.cookie).token
         if token is None:
-            return self._decided(request, None)
-        outcome = rt.verifier.cached(token)
+            self._decided(ex, rt, located, None, False)
+            return None
+        verifier = rt.verifier
+        outcome = verifier.cached(token)
         if outcome is None:
-            return partial(self._verify_then_decide, request, token)
-        return self._decided(request, outcome)
+            outcome = verifier.verify_now(token)
+            if outcome is None:
+                return partial(self._verify_then_decide, ex, rt, located, token)
+        self._decided(ex, rt, located, outcome, True)
+        return None
 
-    async def _verify_then_decide(self, request: _Request, token: str) -> None:
-        then = self._decided(request, await request.rt.verifier.verify_uncached(token))
-        if then is not None:
-            await then()
+    async def _verify_then_decide(
+        self, ex: Exchange, rt: Runtime, located: Located, token: str
+    ) -> None:
+        self._decided(ex, rt, located, await rt.verifier.verify(token), True)
 
     def _decided(
-        self, request: _Request, outcome: Principal | Reason | None
-    ) -> Continuation | None:
-        ex, rt, out = request.ex, request.rt, request.out
-        policy = rt.policy
-        decision = decide(request.route, policy.default, outcome)
-        if decision.principal is not None:
-            out.user_id = decision.principal.user_id
-        if not decision.allowed:
-            assert decision.reason is not None
-            head = ex.head
-            navigation = is_navigation(head.method, head.get("sec-fetch-dest"), head.get("accept"))
-            original = (
-                self._original_url(head, request.target, request.trusted) if navigation else ""
-            )
-            self._deny(
-                ex,
-                out,
-                decision.reason,
-                navigation=navigation,
-                original_url=original,
-                token_given=request.token_given,
-            )
-            return None
-        identity = (
-            identity_values(decision.principal, policy.identity_headers)
-            if decision.principal is not None
-            else []
-        )
-        return partial(self._forward, request, identity)
-
-    def _trusted(self, head: RequestHead, policy: Policy) -> bool:
-        if not policy.trusted_proxies or not head.client_ip:
-            return False
-        try:
-            ip = ipaddress.ip_address(head.client_ip)
-        except ValueError:
-            return False
-        return any(ip in net for net in policy.trusted_proxies)
-
-    def _scheme_host(self, head: RequestHead, trusted: bool) -> tuple[str, str]:
-        scheme = "https" if head.secure else "http"
-        host = head.get("host", "") or ""
-        if trusted:
-            proto = head.get("x-forwarded-proto")
-            fwd_host = head.get("x-forwarded-host")
-            if proto:
-                scheme = proto.split(",")[0].strip().lower()
-            if fwd_host:
-                host = fwd_host.split(",")[0].strip()
-        return scheme, host
-
-    def _original_url(self, head: RequestHead, target: Target, trusted: bool) -> str:
-        scheme, host = self._scheme_host(head, trusted)
-        if scheme not in ("http", "https"):
-            scheme = "http"
-        return f"{scheme}://{host}{target.path_qs}"
-
-    def _deny(
         self,
         ex: Exchange,
-        out: _Outcome,
-        reason: Reason,
-        *,
-        navigation: bool = False,
-        original_url: str = "",
-        token_given: bool = False,
+        rt: Runtime,
+        located: Located,
+        outcome: Verified | Reason | None,
+        token_given: bool,
     ) -> None:
-        policy = self.runtime.policy
+        if outcome.__class__ is Verified:
+            assert isinstance(outcome, Verified)
+            decision = decide(located, outcome.principal)
+        else:
+            decision = decide(located, outcome)  # type: ignore[arg-type]
+        principal = decision.principal
+        if principal is not None:
+            ex.user_id = principal.user_id
+        if not decision.allowed:
+            self._deny_decision(ex, rt, decision, token_given)
+            return
+        identity = b""
+        if principal is not None:
+            assert isinstance(outcome, Verified)
+            identity = outcome.identity
+            if identity is None or outcome.identity_for is not rt:
+                identity = header_block(identity_values(principal, rt.policy.identity_headers))
+                outcome.identity, outcome.identity_for = identity, rt
+        self._forward(ex, rt, located, identity)
+
+    def _forward(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        identity: bytes,
+        body: bytes | None = None,
+    ) -> None:
+        route = located.route
+        wire = rt.upstreams[route.upstream if route is not None else "default"]
+        if body is not None:
+            framing = b"Content-Length: %d\r\n" % len(body)
+        elif ex.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif ex.length:
+            framing = b"Content-Length: %d\r\n" % ex.length
+        else:
+            framing = b""
+        if ex.upgrade and ex.upgrade_to is not None and ex.upgrade_to.lower() == b"websocket":
+            framing += b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+        head = upstream_head(
+            ex,
+            wire.base + located.wire,
+            client_ip=ex.conn.client_ip_bytes,
+            proto=b"https" if ex.conn.secure else b"http",
+            host=wire.host,
+            identity=identity,
+            framing=framing,
+        )
+        ex.decision = "allow"
+        self.metrics.in_flight += 1
+        self.pool.forward(ex, wire.upstream, head, body)
+
+    # ---- answers of our own -----------------------------------------------------------------
+
+    def _deny_decision(
+        self, ex: Exchange, rt: Runtime, decision: Decision, token_given: bool
+    ) -> None:
+        assert decision.reason is not None
+        self._deny(ex, rt, decision.reason, token_given=token_given)
+
+    def _deny(
+        self, ex: Exchange, rt: Runtime, reason: Reason, *, token_given: bool = False
+    ) -> None:
+        policy = rt.policy
+        navigation = False
+        original = ""
+        if status_of(reason) in (401, 403):
+            navigation = is_navigation(
+                ex.method.decode("latin-1"),
+                _text(ex.header(b"sec-fetch-dest")),
+                _text(ex.header(b"accept")),
+            )
+            if navigation and ex.path is not None:
+                original = self._original_url(ex)
         plan = denial(
             reason,
             navigation=navigation,
             sign_in_url=policy.sign_in_url,
             unauthorized_url=policy.unauthorized_url,
-            original_url=original_url,
+            original_url=original,
         )
-        out.reason, out.status, out.decision = reason, plan.status, plan.kind
-        headers = [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")]
-        if plan.location is not None:
-            headers.append((b"Location", plan.location.encode("latin-1", "replace")))
-        if plan.www_authenticate:
-            headers.append(
-                (b"WWW-Authenticate", b'Bearer error="invalid_token"' if token_given else b"Bearer")
-            )
-        if plan.status == 503:
-            headers.append((b"Retry-After", RETRY_AFTER_S))
-        ex.reply(plan.status, body_of(reason), headers)
+        self._answer(ex, plan, token_given=token_given)
 
-    async def _forward(
-        self, request: _Request, identity: list[tuple[str, str]], *, body: bytes | None = None
-    ) -> None:
-        ex, rt, out, target = request.ex, request.rt, request.out, request.target
-        head = ex.head
-        upstream = rt.policy.upstream_for(request.route)
-        scheme, _ = self._scheme_host(head, False)
-        websocket = head.upgrade and (head.get("upgrade") or "").lower() == "websocket"
-        headers = upstream_headers(
-            head.headers,
-            reserved=rt.reserved,
-            trusted_proxy=request.trusted,
-            client_ip=head.client_ip,
-            scheme=scheme,
-            host=head.get("host", "") or "",
-            identity=identity,
-            host_override=None if upstream.preserve_host else authority(upstream),
+    def _answer(self, ex: Exchange, plan: Denial, *, token_given: bool = False) -> None:
+        ex.reason, ex.decision = plan.reason, plan.kind
+        if not ex.body_complete:
+            ex.keep_alive = False  # an unread body cannot be skipped safely: close after
+        ex.reply(render(plan, keep_alive=ex.keep_alive, token_given=token_given), plan.status)
+
+    def _original_url(self, ex: Exchange) -> str:
+        """The URL the client asked for, for `redirect_url`: from the connection, or from
+        X-Forwarded-Proto/-Host only when a trusted proxy sent them."""
+        _, proto, host = forwarded_lines(ex, b"", b"https" if ex.conn.secure else b"http")
+        scheme = proto.split(b",")[0].strip().lower().decode("latin-1")
+        if scheme not in ("http", "https"):
+            scheme = "http"
+        query = ex.url.partition(b"?")
+        tail = b"?" + query[2] if query[1] else b""
+        return f"{scheme}://{host.split(b',')[0].strip().decode('latin-1')}{ex.path}{tail.decode('latin-1')}"
+
+    def _upstream_failed(self, ex: Exchange, upstream: Upstream, failure: UpstreamFailure) -> None:
+        self.metrics.count_upstream_error(upstream.name, failure.kind)
+        ex.reason = failure.reason
+        if ex.response_started:
+            return  # the pool cuts the connection: a truncated body must never look whole
+        self._answer(ex, Denial(status_of(failure.reason), failure.reason))
+        ex.decision = "allow"  # the policy allowed it; the upstream failed
+
+    def _observe_upstream(self, upstream: Upstream, seconds: float) -> None:
+        self.metrics.observe_upstream(upstream.name, seconds)
+
+    # ---- the end of every request -----------------------------------------------------------
+
+    def complete(self, ex: Exchange) -> None:
+        elapsed = time.perf_counter() - ex.started
+        status = ex.status if ex.response_started else 499
+        label, label_json = ex.route if ex.route is not None else ("default", '"default"')
+        reason = ex.reason.value if ex.reason is not None else ""
+        self.metrics.record(label, ex.access, ex.decision, reason, status, elapsed)
+        if ex.forwarding:
+            self.metrics.in_flight -= 1
+        self.access_log.request(
+            method=ex.method.decode("latin-1"),
+            path=ex.path,
+            route=label_json,
+            access=ex.access,
+            decision=ex.decision,
+            status=status,
+            reason=reason or None,
+            user_id=ex.user_id,
+            duration_ms=round(elapsed * 1000, 3),
+            upstream_status=ex.upstream_status,
+            upstream_ms=ex.upstream_ms,
+            extra=ex.note,
         )
-        sent = request_head(head, upstream.base_path + target.path_qs, headers, body, websocket)
-        out.decision = "allow"
-        started = time.perf_counter()
-        try:
-            for attempt in (1, 2):
-                try:
-                    conn = await (
-                        self.pool.acquire(upstream) if attempt == 1 else self.pool.connect(upstream)
-                    )
-                except UpstreamFailure as exc:
-                    return self._upstream_failed(ex, out, upstream, exc)
-                ex.upstream_transport = conn.transport
-                streamed = body is None and head.has_body
-                done = conn.begin(
-                    ex,
-                    sent,
-                    head_only=head.method == "HEAD",
-                    body_pending=streamed,
-                    upgrade=head.upgrade,
-                )
-                if body is not None:
-                    conn.write_body(body)
-                elif streamed:
-                    ex.stream_body(conn.write_body, head.chunked, conn.body_sent)
-                try:
-                    result = await done
-                except UpstreamFailure as exc:
-                    # a pooled connection the upstream had just closed: once more, fresh
-                    if exc.retryable and attempt == 1 and (body is not None or not head.has_body):
-                        continue
-                    if ex.response_started:
-                        self.metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
-                        out.reason, out.status = exc.reason, ex.status
-                        ex.conn.abort()  # a truncated body must never look complete
-                        return None
-                    return self._upstream_failed(ex, out, upstream, exc)
-                except asyncio.CancelledError:
-                    conn.abort()
-                    raise
-                out.status = out.upstream_status = result.status
-                return None
-        finally:
-            out.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
 
-    def _upstream_failed(
-        self, ex: Exchange, out: _Outcome, upstream: Upstream, exc: UpstreamFailure
-    ) -> None:
-        self.metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
-        self._deny(ex, out, exc.reason)
-        out.decision = "allow"  # the policy allowed it; the upstream failed
+    def refused(self, reason: Reason) -> None:
+        """A request the HTTP parser refused (414, 431, 408, malformed): counted, logged."""
+        status = status_of(reason)
+        self.metrics.record("default", "-", "deny", reason.value, status, 0.0)
+        self.access_log.record({"decision": "deny", "reason": reason.value, "status": status})
 
-    async def _webhook(self, request: _Request) -> None:
-        ex, rt, out = request.ex, request.rt, request.out
+    def crashed(self, ex: Exchange) -> None:
+        """A bug: logged with its traceback, counted, answered 500 (never a hang, never a
+        'malformed request'), and the connection closed after the answer."""
+        log.exception(
+            "request handling failed",
+            extra={"method": ex.method.decode("latin-1"), "path": ex.path},
+        )
+        ex.keep_alive = False
+        ex.reason = Reason.INTERNAL_ERROR
+        if ex.response_started:
+            return  # the listener cuts the connection
+        self._answer(ex, Denial(status_of(Reason.INTERNAL_ERROR), Reason.INTERNAL_ERROR))
+
+    # ---- webhooks ---------------------------------------------------------------------------
+
+    async def _webhook(self, ex: Exchange, rt: Runtime, located: Located) -> None:
         settings = rt.policy.webhooks
-        headers = read_headers(ex.head.index)
+        index: dict[str, str] = {}
+        for name, value in ex.headers:
+            index.setdefault(name.lower().decode("latin-1"), value.decode("latin-1"))
+        headers = read_headers(index)
         if isinstance(headers, Reason):
-            return self._webhook_done(ex, out, headers)
-        out.webhook_id = headers.id[:64] if headers.id.isprintable() else None
-        declared = ex.head.content_length
-        if declared is not None and declared > settings.max_body_bytes:
-            return self._webhook_done(ex, out, Reason.WEBHOOK_BODY_TOO_LARGE)
+            return self._webhook_done(ex, rt, headers, None)
+        note: dict[str, Any] = {"webhook_id": headers.id[:64] if headers.id.isprintable() else None}
+        ex.note = note
+        if ex.length > settings.max_body_bytes:
+            return self._webhook_done(ex, rt, Reason.WEBHOOK_BODY_TOO_LARGE, None)
         body = await ex.read_body(settings.max_body_bytes)
         if body is None:
-            return self._webhook_done(ex, out, Reason.WEBHOOK_BODY_TOO_LARGE)
+            return self._webhook_done(ex, rt, Reason.WEBHOOK_BODY_TOO_LARGE, None)
         failure = verify_webhook(
             headers, body, rt.webhook_secrets, time.time(), settings.tolerance_s
         )
         if failure is not None:
-            return self._webhook_done(ex, out, failure)
+            return self._webhook_done(ex, rt, failure, None)
         kind = event_type(body)
-        out.webhook_event = kind
+        note["webhook_event"] = kind
         deliveries = rt.deliveries
         if deliveries.delivered(headers.id):
-            self.metrics.webhooks.labels(Reason.WEBHOOK_ALREADY_DELIVERED.value, kind).inc()
-            return self._deny(ex, out, Reason.WEBHOOK_ALREADY_DELIVERED)
+            self.metrics.count_webhook(Reason.WEBHOOK_ALREADY_DELIVERED.value, kind)
+            return self._deny(ex, rt, Reason.WEBHOOK_ALREADY_DELIVERED)
         if not deliveries.begin(headers.id):
-            return self._webhook_done(ex, out, Reason.WEBHOOK_IN_PROGRESS)
+            return self._webhook_done(ex, rt, Reason.WEBHOOK_IN_PROGRESS, kind)
         accepted = False
         try:
-            extra = [("X-Clerk-Webhook-Verified", "true")]
-            if safe_value(kind):
-                extra.append(("X-Clerk-Webhook-Event", kind))
-            await self._forward(request, extra, body=body)
-            accepted = 200 <= (out.upstream_status or 0) < 300
-            self.metrics.webhooks.labels(
-                "delivered" if accepted else "upstream-rejected", kind
-            ).inc()
+            identity = b"X-Clerk-Webhook-Verified: true\r\n"
+            if kind.isascii() and kind.isprintable():
+                identity += b"X-Clerk-Webhook-Event: %s\r\n" % kind.encode("ascii")
+            ex.ended = asyncio.get_running_loop().create_future()
+            self._forward(ex, rt, located, identity, body=body)
+            await ex.ended
+            accepted = 200 <= (ex.upstream_status or 0) < 300 and ex.reason is None
+            self.metrics.count_webhook("delivered" if accepted else "upstream-rejected", kind)
         finally:
             deliveries.finish(headers.id, accepted)
 
-    def _webhook_done(self, ex: Exchange, out: _Outcome, reason: Reason) -> None:
-        self.metrics.webhooks.labels(reason.value, out.webhook_event or "unknown").inc()
-        self._deny(ex, out, reason)
+    def _webhook_done(self, ex: Exchange, rt: Runtime, reason: Reason, kind: str | None) -> None:
+        self.metrics.count_webhook(reason.value, kind or "unknown")
+        self._deny(ex, rt, reason)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def parse_cookies(header: str | None) -> dict[str, str]:
@@ -576,25 +563,3 @@ def parse_cookies(header: str | None) -> dict[str, str]:
                 value = value[1:-1]
             cookies[name] = value
     return cookies
-
-
-def request_head(
-    head: RequestHead,
-    path_qs: str,
-    headers: list[tuple[str, str]],
-    body: bytes | None,
-    websocket: bool,
-) -> bytes:
-    """The request line and headers sent upstream, with the body framing we will use."""
-    lines = [f"{head.method} {path_qs} HTTP/1.1\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    if body is not None:
-        lines.append(f"Content-Length: {len(body)}\r\n")
-    elif head.chunked:
-        lines.append("Transfer-Encoding: chunked\r\n")
-    elif head.content_length is not None:
-        lines.append(f"Content-Length: {head.content_length}\r\n")
-    if websocket:
-        lines.append("Connection: Upgrade\r\nUpgrade: websocket\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1", "replace")

@@ -100,18 +100,32 @@ class Principal:
         return self.session_status == "pending"
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do with one request. `reason` is None exactly when allowed."""
+    """What to do with one request. `reason` is None exactly when allowed.
 
-    allowed: bool
-    reason: Reason | None
-    principal: Principal | None = None
+    A plain slotted class treated as immutable, not a frozen dataclass: denials without a
+    principal are shared instances, and an allowed session's decision is made once per
+    verified token, so the request path allocates none of them."""
+
+    __slots__ = ("allowed", "principal", "reason")
+
+    def __init__(self, allowed: bool, reason: Reason | None, principal: Principal | None) -> None:
+        self.allowed = allowed
+        self.reason = reason
+        self.principal = principal
+
+    def __repr__(self) -> str:
+        who = self.principal.user_id if self.principal is not None else None
+        return f"Decision(allowed={self.allowed}, reason={self.reason}, user={who})"
 
     @staticmethod
     def allow(principal: Principal | None) -> Decision:
-        return Decision(True, None, principal)
+        return Decision(True, None, principal) if principal is not None else ALLOW_ANONYMOUS
 
     @staticmethod
     def deny(reason: Reason, principal: Principal | None = None) -> Decision:
-        return Decision(False, reason, principal)
+        return Decision(False, reason, principal) if principal is not None else _DENIED[reason]
+
+
+ALLOW_ANONYMOUS = Decision(True, None, None)
+_DENIED = {reason: Decision(False, reason, None) for reason in Reason}

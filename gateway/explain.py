@@ -14,15 +14,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.clerk.claims import principal_from_claims
-from gateway.clerk.tokens import check_claims, check_header, decode
+from gateway.clerk.tokens import check_claims, decode, verify
 from gateway.clerk.verifier import options_for
+from gateway.decide import Outcome, decide, locate
 from gateway.decision import Access, Decision, Principal, Reason
-from gateway.headers import identity_values
+from gateway.identity import identity_values
 from gateway.model import Policy
 from gateway.paths import normalise_target
-from gateway.policy import Outcome, decide
 from gateway.responses import denial, is_navigation
-from gateway.routes import Ambiguous, Route, host_without_port
+from gateway.routes import Route, host_without_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +118,9 @@ def explain(
     host_header = parts.netloc or headers.get("host") or "localhost"
     scheme = parts.scheme or "http"
     outcome, identity = _outcome(policy, claims, token, now_ms)
-    normal = normalise_target(target)
-    if normal is None:
-        return Explanation(
-            method, url, None, None, None, "deny", 400, Reason.PATH_AMBIGUOUS, None, (), identity
-        )
-    route = policy.table.match(method, host_without_port(host_header), normal.path)
-    if isinstance(route, Ambiguous):
+    located = locate(policy, method, host_without_port(host_header), target)
+    if isinstance(located, Reason):
+        normal = normalise_target(target)
         folded = (
             "the path matches another route once folded (case, trailing dots or spaces), "
             "as a case-insensitive upstream would read it; set case_insensitive_paths"
@@ -132,19 +128,19 @@ def explain(
         return Explanation(
             method,
             url,
-            normal.path,
+            normal.path if normal is not None else None,
             None,
             None,
             "deny",
             400,
-            Reason.PATH_AMBIGUOUS,
+            located,
             None,
             (),
             identity,
-            folded,
+            folded if normal is not None else None,
         )
-    access = route.access if route is not None else policy.default
-    decision: Decision = decide(route, policy.default, outcome)
+    normal, route, access = located.target, located.route, located.access
+    decision: Decision = decide(located, outcome)
     note: str | None = None
     if access is Access.WEBHOOK:
         note = "webhook routes are forwarded only with a valid Svix signature (checked on the body)"
@@ -197,21 +193,23 @@ def _outcome(
 ) -> tuple[Outcome, str]:
     options = options_for(policy.clerk)
     if token is not None:
-        decoded = decode(token)
-        if isinstance(decoded, Reason):
-            return decoded, f"token that does not decode ({decoded.value})"
-        failure = check_header(decoded.header)
-        if failure is not None:
-            return failure, f"token rejected by its header ({failure.value})"
-        claims = decoded.claims
+        # THE verification sequence, with no keys: everything but the signature
         how = "token (decoded; signature NOT checked)"
+        verified = verify(token, None, now_ms, options)
+        if isinstance(verified, Reason):
+            decoded = decode(token)
+            if isinstance(decoded, Reason):
+                return verified, f"token that does not decode ({verified.value})"
+            why = _why(verified, decoded.claims, policy)
+            return verified, f"{how}, rejected: {verified.value}{why}"
+        claims = verified.claims
     elif claims is not None:
         how = "claims given on the command line (taken as validly signed)"
+        failure = check_claims(claims, now_ms, options)
+        if failure is not None:
+            return failure, f"{how}, rejected: {failure.value}{_why(failure, claims, policy)}"
     else:
         return None, "anonymous (no token)"
-    failure = check_claims(claims, now_ms, options)
-    if failure is not None:
-        return failure, f"{how}, rejected: {failure.value}{_why(failure, claims, policy)}"
     principal: Principal | None = principal_from_claims(claims, policy.role_claim)
     if principal is None:
         return Reason.TOKEN_VERIFICATION_FAILED, f"{how}, but no usable 'sub'"

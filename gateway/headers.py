@@ -1,4 +1,4 @@
-"""Request headers toward the upstream: strip what a client may not say, then inject.
+"""Request headers toward the upstream, on bytes: strip what a client may not say, then inject.
 
 Identity headers are trustworthy only if no client can set them. So on EVERY request,
 whatever the route or outcome, any client header that looks like one of ours is removed
@@ -8,40 +8,61 @@ letter or digit read as `-` (CGI and WSGI fold `X_Clerk_User_Id` into the same v
 as `X-Clerk-User-Id`; some frameworks read `X.Clerk.User.Id` alike). Headers that servers
 and frameworks trust to rewrite the URL, the method or the client address are removed too
 unless a trusted proxy sent them.
+
+The work is one pass over the header list as llhttp delivered it (bytes, names as sent),
+with the decision about each name cached per policy: a name seen before costs one dict
+lookup. Kept headers are forwarded byte for byte; the forwarded head is one join.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
+from typing import Protocol
 
-from gateway.decision import Principal
-from gateway.model import IdentityHeaders
+# What to do with a request header (the cached verdict per name).
+KEEP = 0
+DROP = 1  # hop-by-hop, reserved (identity), strip_headers
+OVERRIDE = 2  # kept only from a trusted proxy
+HOST = 3
+AUTHORIZATION = 4  # kept, and read
+COOKIE = 5  # kept, and read
+CONTENT_LENGTH = 6
+TRANSFER_ENCODING = 7
+CONNECTION = 8
+EXPECT = 9
+UPGRADE = 10
+X_FORWARDED_FOR = 11
+X_FORWARDED_PROTO = 12
+X_FORWARDED_HOST = 13
+FORWARDED = 14
+REQUEST_ID = 15  # kept, and read (log correlation)
+TRACEPARENT = 16  # kept, and read
+USER_AGENT = 17  # kept, and read (the access log)
 
-log = logging.getLogger("clerk_gateway.headers")
-
-RESERVED_PREFIX = "x-clerk-"
+RESERVED_PREFIX = b"x-clerk-"
 
 # RFC 9110 7.6.1: connection-specific headers never cross a proxy.
 HOP_BY_HOP = frozenset(
     [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     ]
 )
 
+_NOT_ALNUM = bytes.maketrans(
+    bytes(c for c in range(256) if not chr(c).isascii() or not chr(c).isalnum()),
+    b"-" * sum(1 for c in range(256) if not chr(c).isascii() or not chr(c).isalnum()),
+)
 
-_NOT_ALNUM = str.maketrans({chr(c): "-" for c in range(128) if not chr(c).isalnum()})
 
-
-def fold(name: str) -> str:
+def fold(name: bytes) -> bytes:
     """A header name as the most lenient server reads it: lower case, `-` for the rest."""
     return name.lower().translate(_NOT_ALNUM)
 
@@ -51,123 +72,241 @@ def fold(name: str) -> str:
 OVERRIDES = frozenset(
     fold(name)
     for name in (
-        "X-Original-URL",
-        "X-Rewrite-URL",
-        "X-HTTP-Method-Override",
-        "X-HTTP-Method",
-        "X-Method-Override",
-        "X-Real-IP",
-        "True-Client-IP",
-        "X-Forwarded-Prefix",
-        "X-Forwarded-Port",
-        "X-Forwarded-Ssl",
-        "X-Forwarded-Server",
-        "X-Forwarded-Scheme",
+        b"X-Original-URL",
+        b"X-Rewrite-URL",
+        b"X-HTTP-Method-Override",
+        b"X-HTTP-Method",
+        b"X-Method-Override",
+        b"X-Real-IP",
+        b"True-Client-IP",
+        b"X-Forwarded-Prefix",
+        b"X-Forwarded-Port",
+        b"X-Forwarded-Ssl",
+        b"X-Forwarded-Server",
+        b"X-Forwarded-Scheme",
     )
 )
 
+# Names with a meaning of their own, by their exact lower-case spelling (llhttp reads
+# framing by exact name: `content_length` is not a Content-Length, but it is stripped
+# below if it folds onto a reserved name).
+_SPECIAL = {
+    b"host": HOST,
+    b"authorization": AUTHORIZATION,
+    b"cookie": COOKIE,
+    b"content-length": CONTENT_LENGTH,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION,
+    b"expect": EXPECT,
+    b"upgrade": UPGRADE,
+    b"x-forwarded-for": X_FORWARDED_FOR,
+    b"x-forwarded-proto": X_FORWARDED_PROTO,
+    b"x-forwarded-host": X_FORWARDED_HOST,
+    b"forwarded": FORWARDED,
+    b"x-request-id": REQUEST_ID,
+    b"traceparent": TRACEPARENT,
+    b"user-agent": USER_AGENT,
+}
+_ACTIONS_CACHED = 2048  # distinct names remembered per policy; a flood of others is just slower
 
-def reserved_names(identity: IdentityHeaders, strip: Iterable[str] = ()) -> frozenset[str]:
-    """Folded names a client may never send (in addition to the `x-clerk-` prefix)."""
-    return frozenset(fold(n) for n in (*identity.names(), *strip))
+
+class HeaderRules:
+    """The verdict on every request header name, for one policy."""
+
+    __slots__ = ("_actions", "reserved")
+
+    def __init__(self, identity_names: Iterable[str], strip: Iterable[str] = ()) -> None:
+        self.reserved = frozenset(fold(n.encode("latin-1")) for n in (*identity_names, *strip))
+        self._actions: dict[bytes, int] = {}
+
+    def action(self, name: bytes) -> int:
+        """What to do with a header named `name` (as sent): cached per name."""
+        action = self._actions.get(name)
+        if action is None:
+            action = self._classify(name)
+            if len(self._actions) < _ACTIONS_CACHED:
+                self._actions[name] = action
+        return action
+
+    def _classify(self, name: bytes) -> int:
+        lower = name.lower()
+        special = _SPECIAL.get(lower)
+        if special is not None:
+            return special
+        folded = lower.translate(_NOT_ALNUM)
+        if lower in HOP_BY_HOP or folded.startswith(RESERVED_PREFIX) or folded in self.reserved:
+            return DROP
+        if folded in OVERRIDES:
+            return OVERRIDE
+        return KEEP
+
+    def is_reserved(self, name: bytes) -> bool:
+        """Never sent by a client: the `x-clerk-` prefix or a configured name."""
+        folded = fold(name)
+        return folded.startswith(RESERVED_PREFIX) or folded in self.reserved
 
 
-def is_reserved(lower: str, reserved: frozenset[str]) -> bool:
-    """`lower`: the header name, already lower-cased."""
-    folded = lower.translate(_NOT_ALNUM)
-    return folded.startswith(RESERVED_PREFIX) or folded in reserved
+class RequestHeaders(Protocol):
+    """Where `scan` leaves what it read (the engine's exchange)."""
+
+    method: bytes
+    kept: list[bytes]
+    host: bytes
+    authorization: bytes | None
+    cookie: bytes | None
+    content_length: bytes | None
+    transfer_encoding: bytes | None
+    connection: bytes | None
+    expect: bytes | None
+    upgrade_to: bytes | None
+    forwarded: list[tuple[int, bytes]] | None
+    request_id: bytes | None
+    traceparent: bytes | None
+    user_agent: bytes | None
+
+
+def scan(
+    headers: list[tuple[bytes, bytes]], rules: HeaderRules, trusted: bool, into: RequestHeaders
+) -> None:
+    """One pass over the client's headers: what the gateway reads, and what it forwards
+    (strip first; `kept` is a flat list of name, ': ', value, CRLF pieces). Raises
+    ValueError for a head whose meaning depends on who reads it (duplicate Host or
+    Authorization, a transfer-coding other than chunked): a 400."""
+    kept = into.kept
+    action_of = rules.action
+    for name, value in headers:
+        action = action_of(name)
+        if action == KEEP:
+            kept += (name, b": ", value, b"\r\n")
+        elif action == DROP:
+            continue
+        elif action == AUTHORIZATION:
+            if into.authorization is not None:
+                # the upstream might read the other one than the gateway verified
+                raise ValueError("two Authorization headers")
+            into.authorization = value
+            kept += (name, b": ", value, b"\r\n")
+        elif action == HOST:
+            if into.host:
+                raise ValueError("two Host headers")  # RFC 9112 3.2: a 400
+            into.host = value
+        elif action == COOKIE:
+            into.cookie = value if into.cookie is None else into.cookie + b"; " + value
+            kept += (name, b": ", value, b"\r\n")
+        elif action == CONTENT_LENGTH:
+            into.content_length = value
+        elif action == TRANSFER_ENCODING:
+            if into.transfer_encoding is not None or value.strip().lower() != b"chunked":
+                # "gzip, chunked" and friends: we would not re-encode them faithfully
+                raise ValueError("a transfer-coding other than one 'chunked'")
+            into.transfer_encoding = value
+        elif action == CONNECTION:
+            into.connection = value if into.connection is None else into.connection + b"," + value
+        elif action == EXPECT:
+            into.expect = value
+        elif action == UPGRADE:
+            into.upgrade_to = value
+        elif action in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST):
+            if trusted:
+                if into.forwarded is None:
+                    into.forwarded = []
+                into.forwarded.append((action, value))
+        elif action == FORWARDED:
+            if trusted:
+                kept += (name, b": ", value, b"\r\n")
+        elif action == USER_AGENT:
+            into.user_agent = value
+            kept += (name, b": ", value, b"\r\n")
+        elif action == OVERRIDE:
+            if trusted:
+                kept += (name, b": ", value, b"\r\n")
+        elif action == REQUEST_ID:
+            into.request_id = value
+            kept += (name, b": ", value, b"\r\n")
+        elif action == TRACEPARENT:
+            into.traceparent = value
+            kept += (name, b": ", value, b"\r\n")
+    if into.connection is not None:
+        _drop_listed(into)
+
+
+# Connection tokens that name no header of the request (RFC 9110 7.6.1).
+_CONNECTION_OPTIONS = frozenset([b"keep-alive", b"close", b"upgrade"])
+
+
+def connection_tokens(value: bytes | None) -> frozenset[bytes]:
+    if value is None:
+        return frozenset()
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def _drop_listed(into: RequestHeaders) -> None:
+    """Names a `Connection` header declares hop-by-hop go too, wherever they stood."""
+    listed = connection_tokens(into.connection) - _CONNECTION_OPTIONS
+    if not listed:
+        return
+    kept = into.kept
+    into.kept = [
+        piece
+        for i in range(0, len(kept), 4)
+        if kept[i].lower() not in listed
+        for piece in kept[i : i + 4]
+    ]
+
+
+def forwarded_lines(
+    into: RequestHeaders, client_ip: bytes, proto: bytes
+) -> tuple[bytes, bytes, bytes]:
+    """X-Forwarded-For / -Proto / -Host values: from the connection, appended to (For) or
+    taken from (Proto, Host: the first header) a trusted proxy's."""
+    forwarded_for = client_ip
+    scheme = proto
+    host = into.host
+    if into.forwarded:
+        chain: list[bytes] = []
+        seen_proto = seen_host = False
+        for action, value in into.forwarded:
+            if action == X_FORWARDED_FOR:
+                chain.append(value)
+            elif action == X_FORWARDED_PROTO and not seen_proto:
+                scheme, seen_proto = value, True
+            elif action == X_FORWARDED_HOST and not seen_host:
+                host, seen_host = value, True
+        if chain:
+            forwarded_for = b", ".join([*chain, client_ip])
+    return forwarded_for, scheme, host
+
+
+def upstream_head(
+    into: RequestHeaders,
+    target: bytes,
+    *,
+    client_ip: bytes,
+    proto: bytes,
+    host: bytes | None = None,
+    identity: bytes = b"",
+    framing: bytes = b"",
+) -> bytes:
+    """The request head sent upstream: the request line, the client's headers as kept by
+    `scan` (byte for byte), then ours: Host (the client's unless `host` names the
+    upstream), X-Forwarded-*, the identity block and the body framing. One join."""
+    forwarded_for, scheme, forwarded_host = forwarded_lines(into, client_ip, proto)
+    return b"".join(
+        (
+            into.method,
+            b" ",
+            target,
+            b" HTTP/1.1\r\n",
+            b"".join(into.kept),
+            b"Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+            % (host or into.host, forwarded_for, scheme, forwarded_host),
+            identity,
+            framing,
+            b"\r\n",
+        )
+    )
 
 
 def safe_value(value: str) -> bool:
     """Printable ASCII only: a CR or LF would split the header, other bytes confuse parsers."""
     return value.isascii() and value.isprintable()
-
-
-def identity_values(principal: Principal, identity: IdentityHeaders) -> list[tuple[str, str]]:
-    """The verified identity as (header, value) pairs; absent claims send no header."""
-    candidates: Iterable[tuple[str | None, str | None]] = (
-        (identity.user_id, principal.user_id),
-        (identity.session_id, principal.session_id),
-        (identity.role, ",".join(principal.roles) or None),
-        (identity.org_id, principal.org_id),
-        (identity.org_slug, principal.org_slug),
-        (identity.org_role, principal.org_role),
-        (identity.org_permissions, ",".join(principal.org_permissions) or None),
-    )
-    out: list[tuple[str, str]] = []
-    for name, value in candidates:
-        if name is None or value is None:
-            continue
-        if not safe_value(value):
-            # never log the value: it is attacker-influenced and may be huge
-            log.warning(
-                "identity header dropped",
-                extra={
-                    "header": name,
-                    "reason": "claim-value-unsafe",
-                    "user_id": principal.user_id,
-                },
-            )
-            continue
-        out.append((name, value))
-    return out
-
-
-FORWARDED_NAMES = frozenset(
-    ["forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
-)
-
-
-def connection_listed(values: Iterable[str]) -> frozenset[str]:
-    """Header names a `Connection` header declares hop-by-hop (RFC 9110 7.6.1)."""
-    names: set[str] = set()
-    for value in values:
-        names.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return frozenset(names)
-
-
-def upstream_headers(
-    incoming: Iterable[tuple[str, str]],
-    *,
-    reserved: frozenset[str],
-    trusted_proxy: bool,
-    client_ip: str,
-    scheme: str,
-    host: str,
-    identity: Iterable[tuple[str, str]] = (),
-    host_override: str | None = None,
-) -> list[tuple[str, str]]:
-    """Strip first (on every request, whatever the outcome), then inject."""
-    items = list(incoming)
-    listed = connection_listed(v for k, v in items if k.lower() == "connection")
-    out: list[tuple[str, str]] = []
-    forwarded_for: list[str] = []
-    proto = forwarded_host = None
-    for name, value in items:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in listed or is_reserved(lower, reserved):
-            continue
-        if not trusted_proxy and lower.translate(_NOT_ALNUM) in OVERRIDES:
-            continue
-        if lower in FORWARDED_NAMES:
-            if trusted_proxy:
-                if lower == "x-forwarded-for":
-                    forwarded_for.append(value)
-                    continue
-                if lower == "x-forwarded-proto":
-                    proto = proto or value
-                    continue
-                if lower == "x-forwarded-host":
-                    forwarded_host = forwarded_host or value
-                    continue
-                out.append((name, value))  # `Forwarded` from a trusted proxy
-            continue
-        if lower in ("host", "content-length", "expect"):
-            continue  # set below / framed by the forwarder / answered by the gateway
-        out.append((name, value))
-    out.append(("Host", host_override or host))
-    out.append(("X-Forwarded-For", ", ".join([*forwarded_for, client_ip])))
-    out.append(("X-Forwarded-Proto", proto or scheme))
-    out.append(("X-Forwarded-Host", forwarded_host or host))
-    out.extend(identity)
-    return out

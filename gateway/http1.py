@@ -1,21 +1,24 @@
-"""The public listener: HTTP/1.1 on asyncio protocols with llhttp (httptools).
+"""The public listener: HTTP/1.1 on asyncio protocols with llhttp (httptools), bytes in,
+exchanges out.
 
-aiohttp's server and client cost ~300 µs of CPU per proxied request here; this engine
-does the same job in a fraction of it (see bench/). It stays strict where request
-smuggling lives: llhttp rejects obs-fold, Content-Length with Transfer-Encoding,
-duplicate Content-Length and bad chunk sizes; we also refuse any Transfer-Encoding but
-`chunked`, HTTP versions other than 1.0/1.1, and oversized request lines and headers
-(414/431 before the head is even complete).
-
-A connection handles one exchange at a time; pipelined requests wait their turn with
-the socket paused. Request bodies stream to the upstream as they arrive and responses
-stream back, each direction pausing the other when a socket's buffer fills up.
+Strict where request smuggling lives: llhttp rejects obs-fold, Content-Length with
+Transfer-Encoding, duplicate Content-Length and bad chunk sizes; we also refuse any
+transfer-coding but one `chunked`, duplicate Host or Authorization headers, HTTP versions
+other than 1.0/1.1, an Upgrade or CONNECT that declares a body (llhttp skips such a body,
+so its bytes would reach the upstream as the next request), and any CONNECT.
 
 Limits hold as bytes arrive, never only once a header is complete: llhttp buffers an
 unfinished header itself, so the unfinished line is measured after every read. Every
 connection is in a phase with its own deadline (a head must arrive whole within
 `request_head_timeout_s`, a body may not stall longer than `body_idle_timeout_s`, an idle
 keep-alive connection lives `IDLE_TIMEOUT_S`), checked by one sweeper, not a timer each.
+
+A request that needs no I/O but the upstream's runs as a chain of callbacks (no task):
+the handler decides synchronously and hands the exchange to the upstream pool, whose
+connection writes the response straight to this connection's transport. Only what must
+wait (a key fetch, a webhook body, a new upstream connection) runs in a task. A
+connection handles one exchange at a time; pipelined requests wait their turn with the
+socket paused. Bodies stream both ways with flow control.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, cast
+from time import perf_counter
+from typing import Any, Protocol, cast
 
 import httptools
 
 from gateway.decision import Reason
+from gateway.headers import scan
 from gateway.model import Limits
-from gateway.responses import body_of, status_of
+from gateway.responses import refusal as refusal_bytes
 
 log = logging.getLogger("clerk_gateway")
 
@@ -44,62 +49,134 @@ LINGER_S = 2.0  # after a refusal, how long unread client bytes are still read a
 LINGER_BYTES = 1 << 20
 _PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
+# What a connection is waiting for, and so which deadline applies.
+FRESH = 0  # accepted, nothing received: closed silently after the head timeout
+HEAD = 1  # part of a request head received: 408 after the head timeout
+BODY = 2  # a request body is being received: 408 when it stalls
+BUSY = 3  # the request is complete; its response is on its way (upstream deadlines apply)
+IDLE = 4  # keep-alive between requests: closed silently after the idle timeout
+TUNNEL = 5  # upgraded, or lingering: no deadline of the sweeper's
+
+Continuation = Callable[[], Coroutine[Any, Any, None]]
+
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason or _PHRASES.get(status, b"Unknown"))
 
 
-@dataclass(slots=True)
-class RequestHead:
-    method: str
-    target: str  # the raw request target (latin-1), normalised later by paths.py
-    version: str
-    headers: list[tuple[str, str]]
-    index: dict[str, str]  # lower-case name -> first value
-    client_ip: str
-    secure: bool
-    content_length: int | None
-    chunked: bool
-    upgrade: bool
+class Handler(Protocol):
+    """What the listener asks of the application (app.Gateway)."""
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self.index.get(name, default)
+    def handle(self, ex: Exchange) -> Continuation | None:
+        """Answer or start forwarding; a continuation when something must be awaited."""
 
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+    def complete(self, ex: Exchange) -> None:
+        """The exchange ended (answered, forwarded, failed or abandoned): record it."""
+
+    def refused(self, reason: Reason) -> None:
+        """A request the parser refused before it became an exchange."""
+
+    def crashed(self, ex: Exchange) -> None:
+        """The handler raised: log, count, answer 500."""
 
 
 class Exchange:
-    """One request and its response on a client connection."""
+    """One request on a client connection and the state of its answer.
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+    A plain class with class-level defaults: only what every request has is set in
+    __init__ (a request costs one small object, not fifty attribute stores)."""
+
+    # header facts, filled by headers.scan
+    host = b""
+    authorization: bytes | None = None
+    cookie: bytes | None = None
+    content_length: bytes | None = None
+    transfer_encoding: bytes | None = None
+    connection: bytes | None = None
+    expect: bytes | None = None
+    upgrade_to: bytes | None = None
+    forwarded: list[tuple[int, bytes]] | None = None
+    request_id: bytes | None = None
+    traceparent: bytes | None = None
+    user_agent: bytes | None = None
+    response_headers: tuple[bytes, ...] = ()  # lines the gateway adds to the response
+    # framing
+    length = 0  # declared Content-Length (0: none)
+    chunked = False
+    upgrade = False
+    # the answer
+    status = 0
+    response_started = False
+    response_done = False
+    keep_alive = True
+    upstream: Any = None  # the upstream connection carrying it, for flow control
+    forwarding = False  # handed to the upstream pool, which will end it
+    ended: asyncio.Future[None] | None = None  # for a task that awaits the forward
+    upgrade_tail = b""
+    # the body, while nobody takes it
+    _chunks: list[bytes] | None = None
+    _buffered = 0
+    _sink: Callable[[bytes], None] | None = None
+    _sink_end: Callable[[], None] | None = None
+    _waiter: asyncio.Future[None] | None = None
+    # what the log line and the metric say (app.py fills these)
+    path: str | None = None
+    route: Any = None
+    access = "-"
+    decision = "deny"
+    reason: Reason | None = None
+    user_id: str | None = None
+    upstream_status: int | None = None
+    upstream_ms: float | None = None
+    note: Any = None  # anything else a handler wants to log (webhook id and type, ...)
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        method: bytes,
+        url: bytes,
+        version11: bool,
+        headers: list[tuple[bytes, bytes]],
+        started: float,
+    ) -> None:
         self.conn = conn
-        self.head = head
-        self.status = 0
-        self.response_started = False
-        self.response_done = False
-        # an upgrade (or CONNECT) that is not tunnelled leaves the parser spent: close after
-        self.keep_alive = conn.parser_keep_alive and not head.upgrade
-        self._framing = "length"
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self.body_complete = not head.has_body
-        self._sink: Callable[[bytes], None] | None = None
-        self._sink_end: Callable[[], None] | None = None
-        self._body_waiter: asyncio.Future[None] | None = None
-        self.upstream_transport: asyncio.Transport | None = None
-        self.upgrade_tail = b""
+        self.method = method
+        self.url = url
+        self.version11 = version11
+        self.headers = headers
+        self.kept: list[bytes] = []
+        self.started = started
+        self.body_complete = True
+
+    # ---- request facts ----------------------------------------------------------------------
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.length > 0
+
+    @property
+    def client_ip(self) -> str:
+        return self.conn.client_ip
+
+    def header(self, lower_name: bytes) -> bytes | None:
+        """The first value of a header read only on some paths (a scan, not an index)."""
+        for name, value in self.headers:
+            if len(name) == len(lower_name) and name.lower() == lower_name:
+                return value
+        return None
 
     # ---- request body -----------------------------------------------------------------------
 
     def feed_body(self, chunk: bytes) -> None:
-        if self._sink is not None:
-            self._sink(chunk)
+        sink = self._sink
+        if sink is not None:
+            sink(chunk)
             return
+        if self._chunks is None:
+            self._chunks = []
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        waiter = self._body_waiter
+        waiter = self._waiter
         if waiter is not None:
             if not waiter.done():
                 waiter.set_result(None)  # read_body() re-checks its limit on every chunk
@@ -110,8 +187,8 @@ class Exchange:
         self.body_complete = True
         if self._sink_end is not None:
             self._sink_end()
-        if self._body_waiter is not None and not self._body_waiter.done():
-            self._body_waiter.set_result(None)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def send_continue(self) -> None:
         """Answer `Expect: 100-continue` once the request is allowed: the client then
@@ -119,7 +196,8 @@ class Exchange:
         if (
             not self.body_complete
             and not self.response_started
-            and (self.head.get("expect") or "").lower() == "100-continue"
+            and self.expect is not None
+            and self.expect.lower() == b"100-continue"
         ):
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -129,17 +207,17 @@ class Exchange:
         while not self.body_complete:
             if self._buffered > limit:
                 return None
-            self._body_waiter = asyncio.get_running_loop().create_future()
+            self._waiter = asyncio.get_running_loop().create_future()
             self.conn.resume_reading()
-            await self._body_waiter
-        self._body_waiter = None
+            await self._waiter
+        self._waiter = None
         if self._buffered > limit:
             return None
-        body = b"".join(self._chunks)
-        self._chunks = []
+        body = b"".join(self._chunks or ())
+        self._chunks = None
         return body
 
-    def stream_body(
+    def pipe_body(
         self, write: Callable[[bytes], None], chunked: bool, sent: Callable[[], None]
     ) -> None:
         """From now on, body bytes go to `write` (framed as chunks when `chunked`);
@@ -158,9 +236,9 @@ class Exchange:
                 if chunk:
                     write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
 
-        for chunk in self._chunks:
+        for chunk in self._chunks or ():
             sink(chunk)
-        self._chunks = []
+        self._chunks = None
         self._buffered = 0
         self.conn.resume_reading()
         if self.body_complete:
@@ -168,78 +246,51 @@ class Exchange:
         else:
             self._sink, self._sink_end = sink, end
 
-    # ---- the response (upstream.ResponseSink) -----------------------------------------------
+    # ---- the answer -------------------------------------------------------------------------
 
-    def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str
-    ) -> None:
+    def send(self, data: bytes) -> None:
+        """Response bytes, as they are (the upstream connection frames them)."""
+        self.response_started = True
+        self.conn.write(data)
+
+    def reply(self, response: bytes, status: int) -> None:
+        """A complete response of the gateway's own (responses.py builds the bytes)."""
         self.status = status
         self.response_started = True
-        self._framing = framing
-        out = [status_line(status, reason)]
-        for name, value in headers:
-            out.append(b"%s: %s\r\n" % (name, value))
-        if framing == "stream":
-            if self.head.version == "1.1":
-                out.append(b"Transfer-Encoding: chunked\r\n")
-                self._framing = "chunked"
-            else:
-                self.keep_alive = False  # HTTP/1.0: the body ends when we close
-        if framing != "upgrade":
-            out.append(
-                b"Connection: keep-alive\r\n\r\n"
-                if self.keep_alive
-                else b"Connection: close\r\n\r\n"
-            )
+        if self.method != b"HEAD":
+            self.conn.write(response)
         else:
-            out.append(b"\r\n")
-        self.conn.write(b"".join(out))
-
-    def response_body(self, chunk: bytes) -> None:
-        if self._framing == "chunked":
-            if chunk:
-                self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        else:
-            self.conn.write(chunk)
-
-    def response_end(self) -> None:
-        if self._framing == "chunked":
-            self.conn.write(b"0\r\n\r\n")
+            self.conn.write(response[: response.index(b"\r\n\r\n") + 4])
         self.response_done = True
+
+    def finish(self) -> None:
+        """The upstream's response is complete: the connection moves on."""
+        self.response_done = True
+        self.upstream = None
+        self.end()
+
+    def abandon(self) -> None:
+        """The response cannot be completed (upstream gone mid-body): a truncated body
+        must never look complete, so the connection is cut."""
+        self.upstream = None
+        self.keep_alive = False
+        self.conn.abort()
+        self.end()
 
     def switch_protocols(self, upstream: asyncio.Transport, tail: bytes) -> None:
         self.response_done = True
+        self.upstream = None
         self.conn.tunnel(upstream, tail, self.upgrade_tail)
+        self.end()
 
-    def pause_client_reading(self) -> None:
-        self.conn.pause_reading()
-
-    def resume_client_reading(self) -> None:
-        self.conn.resume_reading()
-
-    # ---- a response of our own --------------------------------------------------------------
-
-    def reply(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        if not self.body_complete:
-            self.keep_alive = False  # an unread body cannot be skipped safely: close after
-        self.response_head(
-            status, b"", [*headers, (b"Content-Length", b"%d" % len(body))], "length"
-        )
-        if self.head.method != "HEAD":
-            self.conn.write(body)
-        self.response_end()
-
-
-# Handles an exchange: None when it is already answered, else what to run in a task.
-Handler = Callable[[Exchange], Callable[[], Coroutine[Any, Any, None]] | None]
-
-# What a connection is waiting for, and so which deadline applies.
-FRESH = 0  # accepted, nothing received: closed silently after the head timeout
-HEAD = 1  # part of a request head received: 408 after the head timeout
-BODY = 2  # a request body is being received: 408 when it stalls
-BUSY = 3  # the request is complete; its response is on its way (upstream deadlines apply)
-IDLE = 4  # keep-alive between requests: closed silently after the idle timeout
-TUNNEL = 5  # an upgraded connection: bytes flow both ways until either side closes
+    def end(self) -> None:
+        """Forwarding is over (answered, failed or abandoned): wake a task waiting for it,
+        or, with none, let the connection move on."""
+        ended = self.ended
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+        if self.conn.task_for is not self:
+            self.conn.exchange_done(self)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -253,29 +304,30 @@ class ClientConnection(asyncio.Protocol):
         self.tracker = tracker
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self.loop = asyncio.get_running_loop()
         self.client_ip = ""
+        self.client_ip_bytes = b""
         self.secure = False
-        self.parser_keep_alive = True
+        self.trusted_for: Any = None  # the policy `trusted` was computed for
+        self.trusted = False
         self._limits = limits()
-        self._url: list[bytes] = []
-        self._url_len = 0
+        self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_len = 0
         self._line = 0  # bytes of the unfinished line of a head (llhttp buffers it)
         self._limit_hit: Reason | None = None
-        self.phase = FRESH
-        self.since = 0.0  # loop time the phase began (for BODY: the last progress seen)
-        self.progress = 0  # request-body reads, so the sweeper can tell a stall
-        self.seen_progress = 0
-        self._lingering = 0  # > 0: half-closed, dropping at most this many more bytes
         self._receiving: Exchange | None = None
         self._active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
         self._task: asyncio.Task[None] | None = None
         self._paused = False
-        self._writing_paused = False
         self._tunnel: asyncio.Transport | None = None
         self._closing = False
+        self._lingering = 0  # > 0: half-closed, dropping at most this many more bytes
+        self.phase = FRESH
+        self.since = 0.0  # loop time the phase began (for BODY: the last progress seen)
+        self.progress = 0  # request-body reads, so the sweeper can tell a stall
+        self.seen_progress = 0
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -284,8 +336,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.client_ip_bytes = self.client_ip.encode("ascii", "replace")
         self.secure = transport.get_extra_info("sslcontext") is not None
-        self.since = asyncio.get_running_loop().time()
+        self.since = self.loop.time()
         self.tracker.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -295,27 +348,35 @@ class ClientConnection(asyncio.Protocol):
             self._task.cancel()  # the client went away: so does the upstream request
         if self._tunnel is not None:
             self._tunnel.close()
+        active = self._active
+        if active is not None:
+            self._active = None
+            upstream = active.upstream
+            if upstream is not None:
+                active.upstream = None
+                upstream.abort()  # its response has nowhere to go
+            if self._task is None:
+                self.handler.complete(active)  # a task records its own exchange
         receiving = self._receiving
         if (
             receiving is not None
             and not receiving.body_complete
-            and receiving._body_waiter is not None
-        ) and not receiving._body_waiter.done():
-            receiving._body_waiter.set_exception(ConnectionResetError())
+            and receiving._waiter is not None
+            and not receiving._waiter.done()
+        ):
+            receiving._waiter.set_exception(ConnectionResetError())
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
         if self._tunnel is not None:
             self._tunnel.pause_reading()
-        elif self._active is not None and self._active.upstream_transport is not None:
-            self._active.upstream_transport.pause_reading()
+        elif self._active is not None and self._active.upstream is not None:
+            self._active.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
         if self._tunnel is not None:
             self._tunnel.resume_reading()
-        elif self._active is not None and self._active.upstream_transport is not None:
-            self._active.upstream_transport.resume_reading()
+        elif self._active is not None and self._active.upstream is not None:
+            self._active.upstream.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -358,18 +419,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._limits = self.limits()  # a reload applies from the next request on
-        self._url = []
-        self._url_len = 0
+        self._url = b""
         self._headers = []
         self._head_len = 0
         self._line = 0
         self._limit_hit = None
-        self._enter(HEAD)
+        self.phase = HEAD
+        self.since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._url_len += len(url)
-        if self._url_len + 20 > self._limits.max_request_line_bytes:
+        self._url += url
+        if len(self._url) + 20 > self._limits.max_request_line_bytes:
             self._limit_hit = Reason.REQUEST_LINE_TOO_LONG
             raise httptools.HttpParserCallbackError("request line too long")
 
@@ -378,7 +438,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_len += size
         if (
             size > self._limits.max_header_bytes
-            or self._head_len + self._url_len > self._limits.max_head_bytes
+            or self._head_len + len(self._url) > self._limits.max_head_bytes
             or len(self._headers) >= MAX_HEADERS
         ):
             self._limit_hit = Reason.REQUEST_HEADER_TOO_LARGE
@@ -388,53 +448,37 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        if version != "1.1" and version != "1.0":
             raise httptools.HttpParserCallbackError("unsupported HTTP version")
-        upgrade = parser.should_upgrade()  # an Upgrade request, or any CONNECT
-        self.parser_keep_alive = parser.should_keep_alive()
-        headers: list[tuple[str, str]] = []
-        index: dict[str, str] = {}
-        content_length: int | None = None
-        chunked = False
-        for raw_name, raw_value in self._headers:
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1")
-            lower = name.lower()
-            headers.append((name, value))
-            index.setdefault(lower, value)
-            if lower == "content-length":
-                content_length = int(value)
-            elif lower == "transfer-encoding":
-                if value.strip().lower() != "chunked":
-                    # "gzip, chunked" and friends: we would not re-encode them faithfully
-                    raise httptools.HttpParserCallbackError("unsupported transfer-encoding")
-                chunked = True
         method = parser.get_method()
-        if upgrade and (method == b"CONNECT" or chunked or content_length):
-            # llhttp skips the body of an upgrade: its bytes would reach the upstream as the
-            # next request (request smuggling). A tunnel to anywhere is never ours to open.
-            raise httptools.HttpParserCallbackError("upgrade with a body, or CONNECT")
-        # raw UTF-8 stays meaningful; invalid bytes become lone surrogates, which paths.py refuses
-        url = b"".join(self._url).decode("utf-8", "surrogateescape")
-        head = RequestHead(
-            method=method.decode("ascii", "replace"),
-            target=url,
-            version=version,
-            headers=headers,
-            index=index,
-            client_ip=self.client_ip,
-            secure=self.secure,
-            content_length=content_length,
-            chunked=chunked,
-            upgrade=upgrade,
-        )
-        self._enter(BODY if head.has_body else BUSY)
-        exchange = Exchange(self, head)
-        self._receiving = exchange
-        if self._active is None:
-            self._start(exchange)
+        ex = Exchange(self, method, self._url, version == "1.1", self._headers, perf_counter())
+        ex.keep_alive = parser.should_keep_alive()
+        try:
+            scan(self._headers, self.tracker.rules(), self._trusted(), ex)
+        except ValueError:
+            raise httptools.HttpParserCallbackError("ambiguous head") from None
+        if ex.content_length is not None:
+            ex.length = int(ex.content_length)  # llhttp has checked it is digits
+        ex.chunked = ex.transfer_encoding is not None
+        if parser.should_upgrade():  # an Upgrade request, or any CONNECT
+            if method == b"CONNECT" or ex.chunked or ex.length:
+                # llhttp skips the body of an upgrade: its bytes would reach the upstream
+                # as the next request (smuggling). A tunnel to anywhere is never ours.
+                raise httptools.HttpParserCallbackError("upgrade with a body, or CONNECT")
+            ex.upgrade = True
+            ex.keep_alive = False  # an upgrade not tunnelled leaves the parser spent
+        if ex.has_body:
+            ex.body_complete = False
+            self.phase = BODY
+            self.since = self.loop.time()
+            self.seen_progress = self.progress
         else:
-            self._queue.append(exchange)  # pipelined: wait for the one before it
+            self.phase = BUSY
+        self._receiving = ex
+        if self._active is None:
+            self._start(ex)
+        else:
+            self._queue.append(ex)  # pipelined: wait for the one before it
             self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
@@ -446,100 +490,101 @@ class ClientConnection(asyncio.Protocol):
         if self._receiving is not None:
             self._receiving.end_body()
 
-    def _enter(self, phase: int) -> None:
-        self.phase = phase
-        self.since = asyncio.get_running_loop().time()
-        self.seen_progress = self.progress
-
-    def timed_out(self) -> None:
-        """Called by the sweeper when this connection's phase outlived its deadline."""
-        if self.phase == HEAD:
-            self._refuse(Reason.REQUEST_HEAD_TIMEOUT)
-        elif self.phase == BODY:
-            self._refuse(Reason.REQUEST_BODY_TIMEOUT)
-        else:
-            self.close()  # nothing was asked: nothing to answer
+    def _trusted(self) -> bool:
+        """Is the client one of the policy's trusted proxies (cached per policy)."""
+        trust = self.tracker.trust
+        if self.trusted_for is not trust:
+            self.trusted_for = trust
+            self.trusted = trust(self.client_ip)
+        return self.trusted
 
     # ---- exchanges --------------------------------------------------------------------------
 
-    def _start(self, exchange: Exchange) -> None:
-        self._active = exchange
+    def _start(self, ex: Exchange) -> None:
+        self._active = ex
         try:
-            then = self.handler(exchange)
+            then = self.handler.handle(ex)
         except Exception:
-            self._crashed(exchange)
+            self._crashed(ex)
             return
-        if then is None:
-            self._finished(exchange)  # answered without any I/O: no task needed
-        else:
-            self._task = asyncio.ensure_future(self._run(exchange, then))
+        if then is not None:
+            self._task = self.loop.create_task(self._run(ex, then))
+        elif ex.response_done:
+            self.exchange_done(ex)  # answered without any I/O
+        elif not ex.forwarding:
+            self._crashed(ex)  # neither answered nor forwarded: a bug, never a hang
+        # else: forwarding; the upstream connection ends the exchange
 
-    async def _run(self, exchange: Exchange, then: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _run(self, ex: Exchange, then: Continuation) -> None:
         try:
             await then()
         except asyncio.CancelledError:
             if not self._closing:
-                self.abort()  # the client is gone or we gave up: a partial response must not look whole
+                self.abort()  # we gave up: a partial response must not look whole
+            self.handler.complete(ex)
             raise
         except Exception:
-            self._crashed(exchange)
+            self._task = None
+            self._crashed(ex)
             return
-        self._finished(exchange)
+        self._task = None
+        if ex.response_done:
+            self.exchange_done(ex)
+        elif not ex.forwarding and self._active is ex:
+            self._crashed(ex)  # a continuation that neither answered nor forwarded
+        # else: the forward it started goes on, and ends the exchange
 
-    def _crashed(self, exchange: Exchange) -> None:
-        """The last resort when the handler itself failed (the gateway answers its own
-        failures): logged with the traceback, 500 from responses.py, then closed."""
-        log.exception("request handling failed in the engine")
-        self.tracker.refused(Reason.INTERNAL_ERROR)
-        if exchange.response_started:
+    def _crashed(self, ex: Exchange) -> None:
+        """The handler raised: the application answers (500) and records it."""
+        try:
+            self.handler.crashed(ex)
+        except Exception:
+            log.exception("request handling failed, and so did answering it")
+        if not ex.response_done:
             self.abort()
+            self.handler.complete(ex)
             return
-        exchange.keep_alive = False
-        exchange.reply(
-            status_of(Reason.INTERNAL_ERROR),
-            body_of(Reason.INTERNAL_ERROR),
-            [(b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")],
-        )
-        self._linger()
+        ex.keep_alive = False
+        self.exchange_done(ex)
 
-    def _finished(self, exchange: Exchange) -> None:
-        if self._tunnel is not None:
-            return
-        if not exchange.body_complete:
-            self._linger()  # the client may still be sending the body we did not read
-            return
-        if not exchange.keep_alive or not exchange.response_done:
-            self.close()
+    def exchange_done(self, ex: Exchange) -> None:
+        """An exchange is over: record it, then close, or go on with the next one."""
+        if self._active is not ex:
             return
         self._active = None
         self._task = None
+        self.handler.complete(ex)
+        if self._tunnel is not None:
+            return
+        if not ex.body_complete:
+            self._linger()  # the client may still be sending the body we did not read
+            return
+        if not ex.keep_alive:
+            self.close()
+            return
         if self._queue:
             self._start(self._queue.popleft())
             if not self._queue:
                 self.resume_reading()
-        else:
-            if self.phase == BUSY:
-                self._enter(IDLE)
-            self.resume_reading()
+            return
+        if self.phase == BUSY:
+            self.phase = IDLE
+            self.since = self.loop.time()
+        self.resume_reading()
 
     def _refuse(self, reason: Reason) -> None:
-        """A request we cannot even parse: answer, then close the connection."""
-        if self._active is not None and self._active.response_started:
+        """A request we cannot even parse, or a client too slow: answer, then close."""
+        active = self._active
+        if active is not None and active.response_started:
             self.abort()
             return
-        body = body_of(reason)
-        response = b"".join(
-            [
-                status_line(status_of(reason)),
-                b"Content-Type: application/json\r\nCache-Control: no-store\r\n",
-                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body),
-                body,
-            ]
-        )
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if active is not None and active.upstream is not None:
+            active.upstream.abort()
+            active.upstream = None
         self.tracker.refused(reason)
-        self.write(response)
+        self.write(refusal_bytes(reason))
         self._linger()
 
     def _linger(self) -> None:
@@ -559,7 +604,16 @@ class ClientConnection(asyncio.Protocol):
         if self._paused:
             self._paused = False
             transport.resume_reading()
-        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        self.loop.call_later(LINGER_S, transport.close)
+
+    def timed_out(self) -> None:
+        """Called by the sweeper when this connection's phase outlived its deadline."""
+        if self.phase == HEAD:
+            self._refuse(Reason.REQUEST_HEAD_TIMEOUT)
+        elif self.phase == BODY:
+            self._refuse(Reason.REQUEST_BODY_TIMEOUT)
+        else:
+            self.close()  # nothing was asked: nothing to answer
 
     def tunnel(self, upstream: asyncio.Transport, upstream_tail: bytes, client_tail: bytes) -> None:
         """After a 101: bytes flow both ways unparsed until either side closes."""
@@ -620,20 +674,33 @@ class ClientConnection(asyncio.Protocol):
         return self._active is not None
 
     @property
+    def task_for(self) -> Exchange | None:
+        """The exchange a running task handles (it ends that exchange itself)."""
+        return self._active if self._task is not None else None
+
+    @property
     def reading_paused(self) -> bool:
         return self._paused
 
 
+def _trust_nobody(client_ip: str) -> bool:
+    return False
+
+
 @dataclass
 class ConnectionTracker:
-    """Open client connections: their deadlines, draining on shutdown, refused requests."""
+    """Open client connections: their deadlines, draining on shutdown, refused requests;
+    and what every connection reads from the running policy (limits, header rules, trust)."""
 
     limits: Callable[[], Limits] = Limits
+    rules: Callable[[], Any] = lambda: None
     connections: set[ClientConnection] = field(default_factory=set)
     on_refused: Callable[[Reason], None] | None = None
     idle_timeout_s: float = IDLE_TIMEOUT_S
     max_connections: int = 1 << 20
     over_limit: int = 0  # connections closed at once because max_connections were open
+    trust: Callable[[str], bool] = _trust_nobody  # replaced (as a new object) on reload
+    accepting_keep_alive: bool = True
     _sweeper: asyncio.Task[None] | None = None
 
     def add(self, conn: ClientConnection) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from http import HTTPStatus
 from urllib.parse import quote
 
 from gateway.decision import Reason
@@ -122,3 +123,57 @@ def with_query(url: str, name: str, value: str) -> str:
     base, hash_, fragment = url.partition("#")
     sep = "&" if "?" in base else "?"
     return f"{base}{sep}{name}={quote(value, safe='')}{hash_}{fragment}"
+
+
+# ---- the bytes on the wire --------------------------------------------------------------
+
+RETRY_AFTER_S = 5
+_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
+_rendered: dict[tuple[Reason, int, bool, bool], bytes] = {}
+
+
+def render(
+    denial: Denial,
+    *,
+    keep_alive: bool,
+    token_given: bool = False,
+    extra: tuple[bytes, ...] = (),
+) -> bytes:
+    """A complete gateway-made response: JSON body with the reason, `no-store`, the
+    redirect, `WWW-Authenticate` or `Retry-After` its status calls for. Responses without a
+    Location or extra headers are built once per reason and kept."""
+    if denial.location is None and not extra:
+        key = (denial.reason, denial.status, keep_alive, token_given)
+        cached = _rendered.get(key)
+        if cached is None:
+            cached = _rendered[key] = _render(denial, keep_alive, token_given, ())
+        return cached
+    return _render(denial, keep_alive, token_given, extra)
+
+
+def _render(denial: Denial, keep_alive: bool, token_given: bool, extra: tuple[bytes, ...]) -> bytes:
+    body = body_of(denial.reason)
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (denial.status, _PHRASES.get(denial.status, b"Unknown")),
+        b"Content-Type: application/json\r\nCache-Control: no-store\r\n",
+    ]
+    if denial.location is not None:
+        lines.append(b"Location: %s\r\n" % denial.location.encode("latin-1", "replace"))
+    if denial.www_authenticate:
+        lines.append(
+            b'WWW-Authenticate: Bearer error="invalid_token"\r\n'
+            if token_given
+            else b"WWW-Authenticate: Bearer\r\n"
+        )
+    if denial.status == 503:
+        lines.append(b"Retry-After: %d\r\n" % RETRY_AFTER_S)
+    lines.extend(extra)
+    lines.append(b"Content-Length: %d\r\n" % len(body))
+    lines.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    lines.append(body)
+    return b"".join(lines)
+
+
+def refusal(reason: Reason) -> bytes:
+    """The answer to a request the engine refuses before deciding anything: then close."""
+    return render(Denial(status_of(reason), reason), keep_alive=False)

@@ -21,7 +21,7 @@ from multiprocessing.sharedctypes import Synchronized
 
 from aiohttp import web
 
-from gateway.app import Gateway
+from gateway.app import Gateway, Runtime
 from gateway.health import admin_app
 from gateway.http1 import ClientConnection, ConnectionTracker
 from gateway.logs import configure
@@ -60,10 +60,19 @@ async def start(
     await gateway.start()
     loop = asyncio.get_running_loop()
     tracker = ConnectionTracker(
-        limits=gateway.limits, on_refused=gateway.refused, max_connections=raise_fd_limit()
+        limits=gateway.limits,
+        rules=gateway.rules,
+        on_refused=gateway.refused,
+        max_connections=raise_fd_limit(),
+        trust=gateway.runtime.trust,
     )
+
+    def follow(runtime: Runtime) -> None:
+        tracker.trust = runtime.trust
+
+    gateway.on_reload.append(follow)
     public = await loop.create_server(
-        lambda: ClientConnection(gateway.handle, gateway.limits, tracker),
+        lambda: ClientConnection(gateway, gateway.limits, tracker),
         listen.host,
         listen.port,
         reuse_port=reuse_port or None,

@@ -1,30 +1,58 @@
-"""Upstream connections: pooled keep-alive HTTP/1.1 on asyncio protocols with llhttp.
+"""Upstream connections and forwarding: pooled keep-alive HTTP/1.1 on asyncio protocols.
 
-One `UpstreamConnection` carries one exchange at a time. The response is parsed with
-httptools (llhttp, strict: no obs-fold, no CL+TE, no duplicate Content-Length) and
-streamed to the client as it arrives, with flow control both ways: a client that reads
-slowly pauses the upstream socket, an upstream that reads slowly pauses the client.
-A connection goes back to the pool only after a complete response that allows reuse.
+`Pool.forward(ex, upstream, head, body)` sends a request the gateway decided to forward
+and relays the response to the client as a chain of callbacks: on a pooled connection no
+task and no future is created. The response is parsed with httptools (llhttp, strict: no
+obs-fold, no CL+TE, no duplicate Content-Length) only to know where it ends; its head is
+relayed byte for byte unless a hop-by-hop header or the client's HTTP version requires a
+rewrite, and its body is relayed as llhttp delimits it (never a byte past the message end).
+
+Flow control both ways: a client that reads slowly pauses the upstream socket, an upstream
+that reads slowly pauses the client. A connection goes back to the pool only after a
+complete response that allows reuse, to a request whose body was fully sent, that did not
+ask for an upgrade. A pooled connection the upstream had just closed is retried once on a
+fresh one when the request can be sent again (no streamed body).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol, cast
+from collections.abc import Callable
+from typing import cast
 
 import httptools
 
 from gateway.decision import Reason
-from gateway.headers import HOP_BY_HOP as HOP_BY_HOP_NAMES
+from gateway.http1 import Exchange
 from gateway.model import Upstream
 
-HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP_NAMES)
 MAX_RESPONSE_HEAD = 65_536
 IDLE_PER_UPSTREAM = 256
 SWEEP_INTERVAL_S = 0.1
+
+# Response headers that make a verbatim head wrong for the client (their values matter).
+_HOP = re.compile(
+    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate|"
+    rb"transfer-encoding|content-length)[ \t]*:[ \t]*([^\r\n]*)",
+    re.IGNORECASE,
+)
+_HOP_NAMES = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"transfer-encoding",
+    ]
+)
 
 
 class UpstreamFailure(Exception):
@@ -37,48 +65,35 @@ class UpstreamFailure(Exception):
         self.retryable = retryable
 
 
-class ResponseSink(Protocol):
-    """The client side of an exchange, as the upstream connection sees it."""
-
-    def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: str
-    ) -> None: ...
-    def response_body(self, chunk: bytes) -> None: ...
-    def response_end(self) -> None: ...
-    def switch_protocols(self, upstream: asyncio.Transport, tail: bytes) -> None: ...
-    def pause_client_reading(self) -> None: ...
-    def resume_client_reading(self) -> None: ...
-
-
-@dataclass(slots=True)
-class ExchangeResult:
-    status: int  # 101: the connection now tunnels bytes both ways
-
-
 class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream; carries one exchange at a time."""
+
     def __init__(self, pool: Pool, upstream: Upstream) -> None:
         self.pool = pool
         self.upstream = upstream
+        self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
         self.closed = False
-        self._sink: ResponseSink | None = None
-        self._done: asyncio.Future[ExchangeResult] | None = None
-        self._parser: httptools.HttpResponseParser | None = None
-        self._head_only = False
-        self._status = 0
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._started = False  # a response byte reached the client
-        self._complete = False
-        self.deadline = 0.0  # loop time after which a waiting exchange times out; 0: idle
-        self._reused = False
-        self._close_delimited = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.deadline = 0.0  # loop time after which a waiting exchange times out; 0: none
+        self.reused = False
+        # the exchange in flight
+        self._request: tuple[bytes, bytes | None] | None = None  # kept for one retry
         self._body_pending = False
-        self._upgrade = False  # this exchange asked for an upgrade
-        self._in_head = False  # a response head is being received
+        self._head_only = False
+        self._upgrade = False
+        self._in_head = False
+        self._head = b""  # the response head received so far
         self._line = 0  # bytes of its unfinished line, which llhttp buffers
-        self._reason = b""
+        self._status = 0
+        self._informational = False
+        self._chunk_out = False  # re-frame the body as chunks for the client
+        self._close_delimited = False
+        self._complete = False
+        self._keep = False  # llhttp's keep-alive verdict, read while the message is current
+        self._out: list[bytes] = []
+        self._sent_at = 0.0
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -88,279 +103,398 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self.deadline = 0.0
         self.pool.forget(self)
-        if self._done is not None and not self._done.done():
-            if self._started and not self._complete and self._close_delimited:
-                self._message_complete()  # a body without length ends with the connection
+        ex = self.ex
+        if ex is None:
+            return
+        if ex.response_started and not self._complete:
+            if self._close_delimited:
+                self._complete = True  # a body without length ends with the connection
+                if self._chunk_out:
+                    self._out.append(b"0\r\n\r\n")
+                if self._out:
+                    self._flush(ex)
+                self._done(ex, keep=False)
             else:
-                self._fail(
-                    UpstreamFailure(
-                        Reason.UPSTREAM_RESET, "reset", retryable=self._reused and not self._started
-                    )
-                )
+                self.ex = None
+                self.pool.failed(ex, self, UpstreamFailure(Reason.UPSTREAM_RESET, "reset"))
+            return
+        if not ex.response_started:
+            retryable = self.reused and self._request is not None
+            self.ex = None
+            self.pool.failed(
+                ex, self, UpstreamFailure(Reason.UPSTREAM_RESET, "reset", retryable=retryable)
+            )
 
     def pause_writing(self) -> None:
-        if self._sink is not None:
-            self._sink.pause_client_reading()
-        if self._body_pending:
-            self._arm_timer()  # an upstream that stops reading the body is a timeout too
+        ex = self.ex
+        if ex is not None:
+            ex.conn.pause_reading()
+            if self._body_pending:
+                self._arm()  # an upstream that stops reading the body is a timeout too
 
     def resume_writing(self) -> None:
-        if self._sink is not None:
-            self._sink.resume_client_reading()
-        if self._body_pending:
-            self._cancel_timer()
+        ex = self.ex
+        if ex is not None:
+            ex.conn.resume_reading()
+            if self._body_pending:
+                self.deadline = 0.0
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self._parser is None:
+        ex = self.ex
+        if ex is None:
             # bytes nobody asked for on an idle connection: it cannot be reused safely
             self.close()
             return
-        self._arm_timer()
+        if self._in_head:
+            self._head = self._head + data if self._head else data
+        self.deadline = self.loop.time() + self.upstream.read_timeout_s
         try:
-            self._parser.feed_data(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            offset = upgrade.args[0]
-            self._upgraded(data[offset:])
+            self._upgraded(ex, data[upgrade.args[0] :])
             return
         except httptools.HttpParserError:
-            self._invalid()
+            self._invalid(ex)
             return
         if self._in_head:
             # llhttp holds an unfinished header line itself: bound it as it grows
             end = data.rfind(b"\n")
             self._line = self._line + len(data) if end == -1 else len(data) - end - 1
-            if self._line + self._head_bytes > MAX_RESPONSE_HEAD:
-                self._invalid()
-
-    def _invalid(self) -> None:
-        self._fail(UpstreamFailure(Reason.UPSTREAM_INVALID_RESPONSE, "invalid-response"))
-        self.close()
+            if len(self._head) > MAX_RESPONSE_HEAD:
+                self._invalid(ex)
+                return
+        if self._out:
+            self._flush(ex)
+        if self._complete:
+            self._done(ex, keep=True)
 
     # ---- httptools callbacks ----------------------------------------------------------------
 
-    def on_status(self, status: bytes) -> None:
-        self._reason = status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_RESPONSE_HEAD:
-            raise httptools.HttpParserCallbackError("response head too large")
-        self._headers.append((name, value))
-
     def on_headers_complete(self) -> None:
-        assert self._parser is not None
-        assert self._sink is not None
-        self._status = self._parser.get_status_code()
-        if self._status == 101:
+        ex = self.ex
+        assert ex is not None
+        status = self.parser.get_status_code()
+        if status == 101:
             return  # the upgrade path takes over (HttpParserUpgrade)
-        if 100 <= self._status < 200:
-            self._headers = []  # informational: dropped; the final response follows
+        if 100 <= status < 200:
+            self._informational = True  # dropped; the final response follows
             return
         self._in_head = False
-        no_body = self._head_only or self._status in (204, 304)
-        length = None
-        chunked = False
-        listed: set[bytes] = set()
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = value
-            elif lower == b"transfer-encoding":
-                chunked = True
-            elif lower == b"connection":
-                listed.update(v.strip().lower() for v in value.split(b","))
-        headers = [
-            (n, v)
-            for n, v in self._headers
-            if n.lower() not in HOP_BY_HOP
-            and n.lower() not in listed
-            and n.lower() != b"content-length"
-        ]
-        if no_body:
-            if length is not None:
-                headers.append((b"Content-Length", length))
-            framing = "none"
-        elif length is not None and not chunked:
-            headers.append((b"Content-Length", length))
-            framing = "length"
-        else:
-            framing = "stream"  # chunked or close-delimited upstream: re-framed for the client
-            self._close_delimited = not chunked
-        self._started = True
-        self._sink.response_head(self._status, self._reason, headers, framing)
+        head = self._head
+        end = head.find(b"\r\n\r\n") + 4
+        self._head = b""
+        self._status = status
+        ex.status = status
+        ex.response_started = True
+        no_body = self._head_only or status in (204, 304)
+        self._out.append(self._client_head(ex, head[:end], status, no_body))
         if self._head_only:
-            # a response to HEAD has no body whatever its headers say
-            self._message_complete()
+            self._keep = self.parser.should_keep_alive()
+            self._complete = True  # a response to HEAD has no body whatever it says
 
     def on_body(self, body: bytes) -> None:
-        assert self._sink is not None
-        self._sink.response_body(body)
+        if self._chunk_out:
+            self._out += (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            self._out.append(body)
 
     def on_message_complete(self) -> None:
-        if self._status == 101 or (100 <= self._status < 200):
-            if self._status != 101:
-                self._status = 0
-                self._headers = []
-                self._head_bytes = 0
-                self._line = 0
+        if self._informational:
+            # drop the 1xx head from what was buffered; the final head comes after it
+            self._informational = False
+            self._head = self._head[self._head.find(b"\r\n\r\n") + 4 :]
+            self._line = 0
             return
-        if not self._complete:
-            self._message_complete()
+        if self._status == 0 or self._complete:
+            return  # a 101, or a HEAD response already taken as complete
+        if self._chunk_out:
+            self._out.append(b"0\r\n\r\n")
+        self._keep = self.parser.should_keep_alive()  # llhttp forgets it after this callback
+        self._complete = True
+
+    # ---- the client's view of the response head ---------------------------------------------
+
+    def _client_head(self, ex: Exchange, head: bytes, status: int, no_body: bool) -> bytes:
+        """The upstream's head as it is when nothing in it is hop-by-hop for the client,
+        else rebuilt without the hop-by-hop headers, framed for the client's connection."""
+        chunked = has_length = rewrite = False
+        for match in _HOP.finditer(head):
+            name, value = match.group(1).lower(), match.group(2).strip().lower()
+            if name == b"content-length":
+                has_length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name != b"connection" or value != b"keep-alive":
+                rewrite = True
+        self._close_delimited = not (no_body or chunked or has_length)
+        self._chunk_out = chunked and not no_body
+        if (
+            not rewrite
+            and not self._close_delimited
+            and ex.version11
+            and ex.keep_alive
+            and not ex.response_headers
+        ):
+            return head  # the common case: relayed byte for byte
+        return self._rebuilt(ex, head, no_body, chunked, has_length)
+
+    def _rebuilt(
+        self, ex: Exchange, head: bytes, no_body: bool, chunked: bool, has_length: bool
+    ) -> bytes:
+        lines = head[:-4].split(b"\r\n")
+        fields = [tuple(line.split(b":", 1)) for line in lines[1:]]
+        listed = {
+            token.strip().lower()
+            for name, value in fields
+            if name.strip().lower() == b"connection"
+            for token in value.split(b",")
+        }
+        out = [lines[0], b"\r\n"]
+        for name, value in fields:
+            lower = name.strip().lower()
+            if lower in _HOP_NAMES or lower in listed:
+                continue
+            if lower == b"content-length" and chunked:
+                continue  # a Content-Length beside chunked framing is not to be believed
+            out += (name, b":", value, b"\r\n")
+        if not no_body and not has_length:
+            if ex.version11:
+                out.append(b"Transfer-Encoding: chunked\r\n")
+                self._chunk_out = True
+            else:
+                ex.keep_alive = False  # HTTP/1.0: the body ends when we close
+                self._chunk_out = False
+        else:
+            self._chunk_out = False
+        if chunked and not no_body and ex.version11:
+            self._chunk_out = True
+        out.extend(ex.response_headers)
+        out.append(
+            b"Connection: keep-alive\r\n\r\n" if ex.keep_alive else b"Connection: close\r\n\r\n"
+        )
+        return b"".join(out)
 
     # ---- one exchange -----------------------------------------------------------------------
 
-    def begin(
-        self,
-        sink: ResponseSink,
-        head: bytes,
-        *,
-        head_only: bool,
-        body_pending: bool = False,
-        upgrade: bool = False,
-    ) -> asyncio.Future[ExchangeResult]:
-        """Send a request head; `body_pending`: body bytes follow until `body_sent()`.
-
-        The read timeout runs from the end of the request body: an upload that keeps
-        flowing is the client's business (its body idle timeout), not the upstream's."""
+    def send(self, ex: Exchange, head: bytes, body: bytes | None) -> None:
+        """Send a request and relay its response to `ex`. The read timeout runs from the
+        end of the request body: an upload that keeps flowing is the client's business
+        (its body idle timeout), not the upstream's."""
         assert self.transport is not None
-        self._sink = sink
-        self._body_pending = body_pending
-        self._upgrade = upgrade
+        self.ex = ex
+        ex.upstream = self
+        self._head_only = ex.method == b"HEAD"
+        self._upgrade = ex.upgrade
         self._in_head = True
+        self._head = b""
         self._line = 0
-        self._done = self.loop.create_future()
-        self._parser = httptools.HttpResponseParser(self)
-        self._head_only = head_only
         self._status = 0
-        self._reason = b""
-        self._headers = []
-        self._head_bytes = 0
-        self._started = False
+        self._informational = False
         self._complete = False
+        self._keep = False
         self._close_delimited = False
-        self.transport.write(head)
-        if not body_pending:
-            self._arm_timer()
-        return self._done
+        self._chunk_out = False
+        streamed = body is None and ex.has_body
+        self._request = None if streamed else (head, body)
+        self._body_pending = streamed
+        self._sent_at = time.perf_counter()
+        if body:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+        if streamed:
+            ex.pipe_body(self._write_body, ex.chunked, self._body_sent)
+        if not self._body_pending:
+            self._arm()
 
-    def write_body(self, chunk: bytes) -> None:
+    def _write_body(self, chunk: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(chunk)
 
-    def body_sent(self) -> None:
+    def _body_sent(self) -> None:
         self._body_pending = False
-        if not self._complete and self._done is not None:
-            self._arm_timer()
+        if not self._complete and self.ex is not None:
+            self._arm()
 
-    def _message_complete(self) -> None:
-        self._complete = True
-        self._cancel_timer()
-        sink, done = self._sink, self._done
+    def _flush(self, ex: Exchange) -> None:
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        ex.send(data)
+
+    def _done(self, ex: Exchange, *, keep: bool) -> None:
+        self.ex = None
+        self.deadline = 0.0
+        self._request = None
         # A response that arrives before the whole request body was sent (an early 413,
         # say) leaves the connection mid-request: it must never carry another exchange.
         # Nor an upgrade the upstream declined: it may still expect the new protocol.
-        keep = (
-            self._parser is not None
-            and self._parser.should_keep_alive()
-            and not self._body_pending
-            and not self._upgrade
-        )
-        self._sink = None
-        self._parser = None
-        if sink is not None:
-            sink.response_end()
-        if done is not None and not done.done():
-            done.set_result(ExchangeResult(self._status))
+        keep = keep and self._keep and not self._body_pending and not self._upgrade
+        if self._head_only:
+            # llhttp cannot be told a response had no body: a fresh parser for the next
+            self.parser = httptools.HttpResponseParser(self)
+        ex.upstream_status = self._status
+        ex.upstream_ms = round((time.perf_counter() - self._sent_at) * 1000, 3)
+        self.pool.observe(self.upstream, time.perf_counter() - self._sent_at)
         if keep and not self.closed:
             self.pool.release(self)
         else:
             self.close()
+        ex.finish()
 
-    def _upgraded(self, tail: bytes) -> None:
-        self._cancel_timer()
-        sink, done = self._sink, self._done
-        self._sink = None
-        self._parser = None
-        self._started = True
-        assert self.transport is not None
-        if sink is not None:
-            listed = {b"connection", b"upgrade"}
-            headers = [
-                (n, v)
-                for n, v in self._headers
-                if n.lower() not in HOP_BY_HOP or n.lower() in listed
-            ]
-            sink.response_head(101, self._reason, headers, "upgrade")
-            sink.switch_protocols(self.transport, tail)
-        if done is not None and not done.done():
-            done.set_result(ExchangeResult(101))
-
-    def _fail(self, error: UpstreamFailure) -> None:
-        self._cancel_timer()
-        if self._done is not None and not self._done.done():
-            self._done.set_exception(error)
-        self._sink = None
-
-    # Read timeouts are deadlines checked by the pool's sweeper a few times a second: a
-    # float assignment per read instead of a timer handle created and cancelled per read.
-    def _arm_timer(self) -> None:
-        self.deadline = self.loop.time() + self.upstream.read_timeout_s
-
-    def _cancel_timer(self) -> None:
+    def _upgraded(self, ex: Exchange, tail: bytes) -> None:
+        self.ex = None
         self.deadline = 0.0
+        assert self.transport is not None
+        head = self._head
+        end = head.find(b"\r\n\r\n") + 4
+        ex.status = 101
+        ex.upstream_status = 101
+        self.pool.forget(self)  # the connection now belongs to the tunnel
+        ex.send(head[:end])
+        ex.switch_protocols(self.transport, tail)
+
+    def _invalid(self, ex: Exchange) -> None:
+        self.ex = None
+        self.close()
+        self.pool.failed(
+            ex, self, UpstreamFailure(Reason.UPSTREAM_INVALID_RESPONSE, "invalid-response")
+        )
 
     def timed_out(self) -> None:
+        ex = self.ex
         self.deadline = 0.0
-        self._fail(UpstreamFailure(Reason.UPSTREAM_TIMEOUT, "timeout"))
+        self.ex = None
         self.close()
+        if ex is not None:
+            self.pool.failed(ex, self, UpstreamFailure(Reason.UPSTREAM_TIMEOUT, "timeout"))
+
+    def _arm(self) -> None:
+        # Read timeouts are deadlines checked by the pool's sweeper: a float store per read
+        # instead of a timer handle created and cancelled per read.
+        self.deadline = self.loop.time() + self.upstream.read_timeout_s
 
     def close(self) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
         self.pool.forget(self)
 
     def abort(self) -> None:
-        self._cancel_timer()
+        """The client is gone: this response has nowhere to go, the connection no future."""
+        self.deadline = 0.0
+        self.ex = None
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
         self.pool.forget(self)
 
 
-class Pool:
-    """Idle keep-alive connections per upstream, most recently used first."""
+FailureHandler = Callable[[Exchange, Upstream, UpstreamFailure], None]
+DurationObserver = Callable[[Upstream, float], None]
 
-    def __init__(self) -> None:
+
+class Pool:
+    """Idle keep-alive connections per upstream (most recently used first), and the
+    forwarding of exchanges over them."""
+
+    def __init__(
+        self,
+        on_failure: FailureHandler | None = None,
+        observe: DurationObserver | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
         self._idle: dict[Upstream, deque[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.on_failure = on_failure
+        self._observe = observe
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            now = asyncio.get_running_loop().time()
-            for conn in [c for c in self._all if 0.0 < c.deadline <= now]:
-                conn.timed_out()
+    # ---- forwarding -------------------------------------------------------------------------
 
-    async def acquire(self, upstream: Upstream) -> UpstreamConnection:
+    def forward(
+        self, ex: Exchange, upstream: Upstream, head: bytes, body: bytes | None = None
+    ) -> None:
+        """Send `head` (and `body`, when it was read whole) to `upstream` and relay the
+        answer to `ex`; a pooled connection makes this a chain of callbacks."""
+        ex.forwarding = True
         idle = self._idle.get(upstream)
         while idle:
             conn = idle.pop()
             if not conn.closed:
-                conn._reused = True
-                return conn
-        return await self.connect(upstream)
+                conn.reused = True
+                conn.send(ex, head, body)
+                return
+        self.loop.create_task(self._connect_and_send(ex, upstream, head, body, retry=False))
+
+    async def forward_and_wait(
+        self, ex: Exchange, upstream: Upstream, head: bytes, body: bytes | None = None
+    ) -> None:
+        """`forward`, for a task that must know when the exchange is over."""
+        ex.ended = self.loop.create_future()
+        self.forward(ex, upstream, head, body)
+        await ex.ended
+
+    async def _connect_and_send(
+        self, ex: Exchange, upstream: Upstream, head: bytes, body: bytes | None, *, retry: bool
+    ) -> None:
+        try:
+            conn = await self.connect(upstream)
+        except UpstreamFailure as failure:
+            self._fail(ex, upstream, failure)
+            return
+        if ex.conn.transport is None or ex.conn.transport.is_closing():
+            self.release(conn)  # the client left while we connected
+            return
+        conn.send(ex, head, body)
+
+    def failed(self, ex: Exchange, conn: UpstreamConnection, failure: UpstreamFailure) -> None:
+        """An exchange's connection failed: once more on a fresh connection when that is
+        safe (a pooled connection the upstream had just closed), else 502/504."""
+        request = conn._request
+        if failure.retryable and request is not None and not ex.response_started:
+            head, body = request
+            self.loop.create_task(self._connect_and_send(ex, conn.upstream, head, body, retry=True))
+            return
+        self._fail(ex, conn.upstream, failure)
+
+    def _fail(self, ex: Exchange, upstream: Upstream, failure: UpstreamFailure) -> None:
+        ex.upstream = None
+        if self.on_failure is not None:
+            self.on_failure(ex, upstream, failure)
+        if ex.response_started and not ex.response_done:
+            ex.abandon()
+        else:
+            ex.end()
+
+    def observe(self, upstream: Upstream, seconds: float) -> None:
+        if self._observe is not None:
+            self._observe(upstream, seconds)
+
+    # ---- connections ------------------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = self.loop.time()
+            for conn in [c for c in self._all if 0.0 < c.deadline <= now]:
+                conn.timed_out()
 
     async def connect(self, upstream: Upstream) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
         ssl = upstream.scheme == "https" or None
         try:
             async with asyncio.timeout(upstream.connect_timeout_s):
-                _, conn = await loop.create_connection(
+                _, conn = await self.loop.create_connection(
                     lambda: UpstreamConnection(self, upstream),
                     upstream.host,
                     upstream.port,
@@ -373,11 +507,13 @@ class Pool:
             raise UpstreamFailure(Reason.UPSTREAM_UNREACHABLE, "connect") from None
         self._all.add(conn)
         if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.create_task(self._sweep(), name="upstream-timeouts")
+            self._sweeper = self.loop.create_task(self._sweep(), name="upstream-timeouts")
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(conn.upstream, deque())
+        idle = self._idle.get(conn.upstream)
+        if idle is None:
+            idle = self._idle[conn.upstream] = deque()
         if len(idle) >= IDLE_PER_UPSTREAM:
             conn.close()
             return
@@ -402,6 +538,10 @@ class Pool:
         for conn in list(self._all):
             conn.close()
         self._idle.clear()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._all)
 
 
 def authority(upstream: Upstream) -> str:

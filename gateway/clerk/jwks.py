@@ -113,11 +113,17 @@ class KeyCache:
         self.fetch_failed = 0
         self.on_fetch: Callable[[bool], None] | None = None  # metrics hook
         self._got_keys = asyncio.Event()
+        # What cached verifications check on every hit, cheaply: the key set they were
+        # made with is still the one held (`generation`), and it is not too stale
+        # (`fresh_until`, wall-clock seconds).
+        self.generation = 0
+        self.fresh_until = 0.0
         if settings.jwt_key:
             # networkless mode: one PEM key verifies whatever kid a token names, as Clerk
             # does; a PEM declares no algorithm, so RS256, RS384 and RS512 are all accepted
             self._keys = KeySet({}, VerifyKey(load_pem_key(settings.jwt_key), None))
             self._fetched_at = float("inf")
+            self.fresh_until = float("inf")
 
     @property
     def remote(self) -> bool:
@@ -153,6 +159,24 @@ class KeyCache:
     def known(self, kid: str | None) -> bool:
         """Is a key for `kid` still held and usable (cached verifications re-check this)?"""
         return self.usable() and self._keys.get(kid) is not None
+
+    def keyset(self) -> KeySet | None:
+        """The keys to verify with now, or None when none are usable (kicks a fetch)."""
+        if self.usable():
+            return self._keys
+        if self.remote and self._now() - self._last_unready_kick >= UNREADY_KICK_INTERVAL_S:
+            # no usable keys: let traffic hasten recovery, but at most once a second
+            self._last_unready_kick = self._now()
+            self._kick()
+        return None
+
+    def may_fetch(self, kid: str | None) -> bool:
+        """Would resolving this unknown `kid` fetch keys (or wait for a fetch under way)?"""
+        if not self.remote or kid is None or self._keys.get(kid) is not None:
+            return False
+        return self._inflight is not None or (
+            self._now() - self._last_kid_fetch >= self.settings.jwks.kid_cooldown_s
+        )
 
     async def resolve(self, kid: str | None) -> VerifyKey | Reason:
         if not self.usable():
@@ -246,8 +270,11 @@ class KeyCache:
             return
         finally:
             self._inflight = None
+        if dict(keys) != dict(self._keys.by_kid):
+            self.generation += 1  # verifications made with other keys are checked again
         self._keys = KeySet(keys)
         self._fetched_at = self._now()
+        self.fresh_until = time.time() + self.settings.jwks.max_stale_s
         self._got_keys.set()
         self._failures = 0
         self.fetch_ok += 1

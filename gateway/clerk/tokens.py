@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -191,26 +191,26 @@ def check_claims(claims: Mapping[str, Any], now_ms: float, options: VerifyOption
 
 
 def verify(
-    token: str, keys: KeySet, now_ms: float, options: VerifyOptions
-) -> Mapping[str, Any] | Reason:
-    """The claims of a valid session token, or why it is not one."""
+    token: str, keys: KeySet | None, now_ms: float, options: VerifyOptions
+) -> Decoded | Reason:
+    """THE verification sequence (reference §4, plus an issuer check): decode, header,
+    key, signature, then claims. The verifier runs it behind its caches; `explain` runs it
+    with `keys=None`, which skips the key and the signature and says so."""
     decoded = decode(token)
     if isinstance(decoded, Reason):
         return decoded
-    return verify_decoded(decoded, keys, now_ms, options)
-
-
-def verify_decoded(
-    decoded: Decoded, keys: KeySet, now_ms: float, options: VerifyOptions
-) -> Mapping[str, Any] | Reason:
     failure = check_header(decoded.header)
     if failure is not None:
         return failure
-    key = keys.get(decoded.kid)
-    if key is None:
-        return Reason.JWK_KID_MISMATCH
-    failure = check_signature(decoded, key) or check_claims(decoded.claims, now_ms, options)
-    return failure if failure is not None else decoded.claims
+    if keys is not None:
+        key = keys.get(decoded.kid)
+        if key is None:
+            return Reason.JWK_KID_MISMATCH
+        failure = check_signature(decoded, key)
+        if failure is not None:
+            return failure
+    failure = check_claims(decoded.claims, now_ms, options)
+    return failure if failure is not None else decoded
 
 
 # ---- where a token comes from (reference §2) ---------------------------------------------
@@ -234,11 +234,15 @@ def token_from_authorization(value: str) -> str | None:
     return None
 
 
+Peek = Callable[[str], Mapping[str, Any] | None]
+
+
 def extract(
     authorization: str | None,
     cookies: Mapping[str, str],
     instance: PublishableKey | None,
     now_s: float,
+    peek: Peek | None = None,
 ) -> Extracted:
     """The session token of THIS instance: header first, else its session cookie.
 
@@ -251,7 +255,7 @@ def extract(
         token = token_from_authorization(authorization)
         if token is not None:
             return Extracted(token, "header", None)
-    if instance is not None and _use_suffixed(cookies, instance, now_s):
+    if instance is not None and _use_suffixed(cookies, instance, now_s, peek or peek_claims):
         token = cookies.get(f"__session_{instance.cookie_suffix}") or None
         uat = cookies.get(f"__client_uat_{instance.cookie_suffix}")
     else:
@@ -260,7 +264,9 @@ def extract(
     return Extracted(token, "cookie" if token else "none", uat)
 
 
-def _use_suffixed(cookies: Mapping[str, str], instance: PublishableKey, now_s: float) -> bool:
+def _use_suffixed(
+    cookies: Mapping[str, str], instance: PublishableKey, now_s: float, _peek: Peek
+) -> bool:
     suffix = instance.cookie_suffix
     suffixed = cookies.get(f"__session_{suffix}") or ""
     suffixed_uat = cookies.get(f"__client_uat_{suffix}")
@@ -297,6 +303,7 @@ def _iat(claims: Mapping[str, Any] | None) -> float:
     return float(iat) if _number(iat) else 0.0
 
 
-def _peek(token: str) -> Mapping[str, Any] | None:
+def peek_claims(token: str) -> Mapping[str, Any] | None:
+    """A token's claims, unverified (Clerk's cookie choice reads `iss` and `iat`)."""
     decoded = decode(token)
     return None if isinstance(decoded, Reason) else decoded.claims

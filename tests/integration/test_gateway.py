@@ -418,8 +418,10 @@ async def test_a_failure_inside_the_gateway_is_a_logged_counted_500(
     verifier = gw.gateway.runtime.verifier
     if where == "synchronous":
         monkeypatch.setattr(verifier, "cached", broken)
-    else:
-        monkeypatch.setattr(verifier, "verify_uncached", broken_async)
+    else:  # as if the token named a key still to be fetched: the task path
+        monkeypatch.setattr(verifier, "cached", lambda _token: None)
+        monkeypatch.setattr(verifier, "verify_now", lambda _token: None)
+        monkeypatch.setattr(verifier, "verify", broken_async)
     r = await gw.get("/api/x", gw.clerk.mint("user_1"))
     assert (r.status, await r.json()) == (500, {"error": "internal", "reason": "internal-error"})
     assert r.headers["Connection"] == "close"

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.clerk.jwks import FetchError, KeyCache, parse_jwks
 from gateway.clerk.tokens import VerifyKey
-from gateway.clerk.verifier import SessionVerifier
-from gateway.decision import Principal, Reason
+from gateway.clerk.verifier import SessionVerifier, Verified
+from gateway.decision import Reason
 from gateway.devclerk import DevClerk
 from gateway.model import ClerkSettings, JwksSettings
 from tests.helpers import wait_until
@@ -224,9 +224,9 @@ async def test_a_session_costs_one_verification(
 ) -> None:
     token = devclerk.mint("user_1", role="admin")
     for _ in range(100):
-        principal = await verifier.verify(token)
-        assert isinstance(principal, Principal)
-        assert principal.roles == ("admin",)
+        verified = await verifier.verify(token)
+        assert isinstance(verified, Verified)
+        assert verified.principal.roles == ("admin",)
     assert verifier.verifications == 1
 
 
@@ -236,9 +236,9 @@ async def test_cache_hits_recheck_expiry(
     now = [2_000_000_000.0]
     verifier = SessionVerifier(settings_for(devclerk, server), cache, None, clock=lambda: now[0])
     token = devclerk.mint("user_1", now=now[0], lifetime_s=60)
-    assert isinstance(await verifier.verify(token), Principal)
+    assert isinstance(await verifier.verify(token), Verified)
     now[0] += 64
-    assert isinstance(await verifier.verify(token), Principal)  # inside the 5 s skew
+    assert isinstance(await verifier.verify(token), Verified)  # inside the 5 s skew
     now[0] += 1
     assert await verifier.verify(token) is Reason.TOKEN_EXPIRED
     assert verifier.verifications == 1
@@ -265,7 +265,7 @@ async def test_a_retired_key_drops_cached_verifications(
 ) -> None:
     old = devclerk.signer
     token = devclerk.mint("user_1")
-    assert isinstance(await verifier.verify(token), Principal)
+    assert isinstance(await verifier.verify(token), Verified)
     new = devclerk.rotate(spare_keys[1])
     devclerk.retire(old.kid)
     assert isinstance(await cache.resolve(new.kid), VerifyKey)  # fetch: old kid gone

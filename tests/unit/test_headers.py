@@ -7,32 +7,61 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.headers import reserved_names, upstream_headers
+from gateway.headers import HeaderRules, scan, upstream_head
 from gateway.model import IdentityHeaders
 
 CLIENT = "198.51.100.7"
-DEFAULTS = reserved_names(IdentityHeaders())
-CUSTOM = reserved_names(IdentityHeaders(user_id="X-Remote-User"), ("X-Internal-Token",))
+DEFAULTS = HeaderRules(IdentityHeaders().names())
+CUSTOM = HeaderRules(IdentityHeaders(user_id="X-Remote-User").names(), ("X-Internal-Token",))
+
+
+class Request:
+    """What the engine's exchange offers `scan` and `upstream_head`."""
+
+    method = b"GET"
+    host = b""
+    authorization: bytes | None = None
+    cookie: bytes | None = None
+    content_length: bytes | None = None
+    transfer_encoding: bytes | None = None
+    connection: bytes | None = None
+    expect: bytes | None = None
+    upgrade_to: bytes | None = None
+    forwarded: list[tuple[int, bytes]] | None = None
+    request_id: bytes | None = None
+    traceparent: bytes | None = None
+    user_agent: bytes | None = None
+
+    def __init__(self) -> None:
+        self.kept: list[bytes] = []
 
 
 def forward(
     incoming: list[tuple[str, str]],
     *,
     trusted: bool = False,
-    reserved: frozenset[str] = DEFAULTS,
+    reserved: HeaderRules = DEFAULTS,
     identity: tuple[tuple[str, str], ...] = (),
     host_override: str | None = None,
 ) -> list[tuple[str, str]]:
-    return upstream_headers(
-        incoming,
-        reserved=reserved,
-        trusted_proxy=trusted,
-        client_ip=CLIENT,
-        scheme="http",
-        host="app.example.com",
-        identity=identity,
-        host_override=host_override,
+    """The header lines sent upstream for `incoming`, in order, as (name, value)."""
+    request = Request()
+    headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in incoming]
+    if not any(n.lower() == b"host" for n, _ in headers):
+        headers.insert(0, (b"Host", b"app.example.com"))
+    scan(headers, reserved, trusted, request)
+    head = upstream_head(
+        request,
+        b"/x",
+        client_ip=CLIENT.encode(),
+        proto=b"http",
+        host=host_override.encode() if host_override else None,
+        identity=b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in identity),
     )
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "GET /x HTTP/1.1"
+    assert lines[-2:] == ["", ""]
+    return [(n, v.lstrip(" ")) for n, _, v in (line.partition(":") for line in lines[1:-2])]
 
 
 TAIL = [
@@ -95,7 +124,7 @@ ROWS = [
     (
         "every hop-by-hop header",
         [
-            (n, "x")
+            (n, "chunked" if n == "Transfer-Encoding" else "x")
             for n in (
                 "Connection",
                 "Keep-Alive",
@@ -135,7 +164,17 @@ ROWS = [
         {},
         TAIL,
     ),
-    ("the client's Host is replaced by the one given", [("Host", "evil.example")], {}, TAIL),
+    (
+        "the client's Host is forwarded as sent",
+        [("Host", "other.example")],
+        {},
+        [
+            ("Host", "other.example"),
+            ("X-Forwarded-For", CLIENT),
+            ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "other.example"),
+        ],
+    ),
     (
         "Host rewritten for the upstream",
         [],
@@ -234,3 +273,20 @@ def test_upstream_headers(
     expected: list[tuple[str, str]],
 ) -> None:
     assert forward(incoming, **options) == expected, description  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        [("Host", "a.example"), ("Host", "b.example")],
+        [("Authorization", "Bearer a"), ("authorization", "Bearer b")],
+        [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+        [("Transfer-Encoding", "gzip, chunked")],
+    ],
+    ids=["two Host", "two Authorization", "two Transfer-Encoding", "a coding besides chunked"],
+)
+def test_heads_whose_meaning_depends_on_the_reader_are_refused(
+    incoming: list[tuple[str, str]],
+) -> None:
+    with pytest.raises(ValueError, match=r"Host|Authorization|transfer-coding"):
+        forward(incoming)

@@ -20,17 +20,26 @@ from gateway.clerk.tokens import (
     VerifyOptions,
     b64url_decode,
     extract,
-    verify,
+)
+from gateway.clerk.tokens import (
+    verify as verify_sequence,
 )
 from gateway.clerk.verifier import SessionVerifier
+from gateway.decide import Located, decide
 from gateway.decision import Access, Reason
 from gateway.devclerk import DevClerk, SigningKey
 from gateway.model import ClerkSettings
-from gateway.policy import decide
+from gateway.paths import Target
 
 NOW = 1_750_000_000
 NOW_MS = NOW * 1000
 OPTIONS = VerifyOptions(issuer="https://clerk.gateway-demo.localhost", clock_skew_ms=5000)
+
+
+def verify(token: str, keys: KeySet | None, now_ms: float, options: VerifyOptions) -> Any:
+    """THE verification sequence, its claims as a dict when the token is valid."""
+    result = verify_sequence(token, keys, now_ms, options)
+    return result if isinstance(result, Reason) else dict(result.claims)
 
 
 def keyset(clerk: DevClerk) -> KeySet:
@@ -329,7 +338,8 @@ def test_20_pending_session_verifies_but_is_signed_out(devclerk: DevClerk) -> No
     from gateway.routes import Route, compile_pattern
 
     route = Route(0, (compile_pattern("/x"),), Access.PROTECTED)
-    assert decide(route, Access.PROTECTED, principal).reason is Reason.SESSION_PENDING
+    located = Located(Target("/x", "", False), route, Access.PROTECTED)
+    assert decide(located, principal).reason is Reason.SESSION_PENDING
 
 
 # PyJWT is the oracle for strictness: whatever we accept, PyJWT accepts, same claims.
@@ -573,7 +583,7 @@ async def test_a_pem_key_verifies_every_rsa_algorithm(devclerk: DevClerk, alg: s
     token = jwt.encode(claims, devclerk.signer.private, algorithm=alg, headers={"kid": "x"})
     result = await verifier.verify(token)
     assert not isinstance(result, Reason), result
-    assert result.user_id == claims["sub"]
+    assert result.principal.user_id == claims["sub"]
 
 
 @pytest.mark.parametrize(

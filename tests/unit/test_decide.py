@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from gateway.clerk.claims import decode_permissions, principal_from_claims, roles_at
+from gateway.decide import Located, decide
 from gateway.decision import Access, Principal, Reason
-from gateway.policy import decide
+from gateway.paths import Target
 from gateway.routes import Requirement, Route, compile_pattern
 
 ROLE = ("metadata", "role")
@@ -24,6 +25,12 @@ def route(
         require=require or Requirement(),
         accept_pending=accept_pending,
     )
+
+
+def at(matched: Route | None, default: Access = Access.PROTECTED) -> Located:
+    """A request located at `matched` (None: no route matched, the default applies)."""
+    access = matched.access if matched is not None else default
+    return Located(Target("/x", "", False), matched, access)
 
 
 def who(**claims: Any) -> Principal:
@@ -156,24 +163,24 @@ def test_decide(
     allowed: bool,
     reason: Reason | None,
 ) -> None:
-    decision = decide(route(access, require), Access.PROTECTED, outcome)
+    decision = decide(at(route(access, require)), outcome)
     assert (decision.allowed, decision.reason) == (allowed, reason), description
 
 
 def test_pending_session_accepted_where_the_route_says_so() -> None:
-    assert decide(route(Access.PROTECTED, accept_pending=True), Access.PROTECTED, PENDING).allowed
+    assert decide(at(route(Access.PROTECTED, accept_pending=True)), PENDING).allowed
 
 
 def test_pending_session_forwards_no_identity_on_public_routes() -> None:
-    decision = decide(route(Access.PUBLIC), Access.PROTECTED, PENDING)
+    decision = decide(at(route(Access.PUBLIC)), PENDING)
     assert decision.allowed
     assert decision.principal is None
 
 
 def test_unmatched_request_gets_the_default() -> None:
-    assert decide(None, Access.DENY, ADMIN).reason is Reason.ROUTE_DENIED
-    assert decide(None, Access.PUBLIC, None).allowed
-    assert decide(None, Access.ADMIN, MEMBER).reason is Reason.ROLE_REQUIRED
+    assert decide(at(None, Access.DENY), ADMIN).reason is Reason.ROUTE_DENIED
+    assert decide(at(None, Access.PUBLIC), None).allowed
+    assert decide(at(None, Access.ADMIN), MEMBER).reason is Reason.ROLE_REQUIRED
 
 
 # Reference test vector 21: fpm decoding.

@@ -1,0 +1,89 @@
+"""THE decision: from a request's facts and the verification outcome to a Decision.
+
+Pure and synchronous, shared by the proxy, the forward-auth listener and `explain`, so
+none of them can decide differently. Two steps:
+
+- `locate`: the request target normalised once (the one place a path changes form) and
+  matched against the route table, or the reason it cannot be (`path-ambiguous`);
+- `decide`: the matched route's access and requirements against the verification
+  outcome: a Principal (a verified session), a Reason (a token was presented and
+  failed), or None (no token at all).
+
+Webhook routes are allowed here; their signature is checked on the body (webhooks.py).
+"""
+
+from __future__ import annotations
+
+from gateway.decision import Access, Decision, Principal, Reason
+from gateway.model import Policy
+from gateway.paths import Target, normalise_target
+from gateway.routes import Ambiguous, Requirement, Route
+
+ADMIN_ROLE = "admin"
+
+Outcome = Principal | Reason | None
+
+
+class Located:
+    """A request target that passed normalisation, and the route it matched (None: the
+    policy's default applies)."""
+
+    __slots__ = ("access", "route", "target", "wire")
+
+    def __init__(self, target: Target, route: Route | None, access: Access) -> None:
+        self.target = target
+        self.route = route
+        self.access = access
+        self.wire = b""  # the path and query as the upstream receives them (the engine's)
+
+
+def locate(policy: Policy, method: str, host: str, raw_target: str) -> Located | Reason:
+    """Normalise `raw_target` and match it; `host` is lower-case and without its port."""
+    target = normalise_target(raw_target)
+    if target is None:
+        return Reason.PATH_AMBIGUOUS
+    route = policy.table.match(method, host, target.path)
+    if isinstance(route, Ambiguous):
+        return Reason.PATH_AMBIGUOUS
+    return Located(target, route, route.access if route is not None else policy.default)
+
+
+def decide(located: Located, outcome: Outcome) -> Decision:
+    route, access = located.route, located.access
+    if access is Access.DENY:
+        return Decision.deny(Reason.ROUTE_DENIED)
+    accept_pending = route.accept_pending if route is not None else False
+    principal = outcome if isinstance(outcome, Principal) else None
+    if principal is not None and principal.pending and not accept_pending:
+        # Clerk treats a pending session (unfinished session tasks) as signed out
+        principal = None
+        outcome = Reason.SESSION_PENDING
+    if access is Access.PUBLIC or access is Access.WEBHOOK:
+        return Decision.allow(principal)
+    if principal is None:
+        return Decision.deny(
+            outcome if isinstance(outcome, Reason) else Reason.SESSION_TOKEN_MISSING
+        )
+    if access is Access.ADMIN and ADMIN_ROLE not in principal.roles:
+        return Decision.deny(Reason.ROLE_REQUIRED, principal)
+    if route is not None:
+        failed = unmet(route.require, principal)
+        if failed is not None:
+            return Decision.deny(failed, principal)
+    return Decision.allow(principal)
+
+
+def unmet(require: Requirement, principal: Principal) -> Reason | None:
+    """The first requirement the principal does not meet, or None."""
+    if require.roles and not any(role in principal.roles for role in require.roles):
+        return Reason.ROLE_REQUIRED
+    if require.org_roles and (
+        principal.org_id is None or principal.org_role not in require.org_roles
+    ):
+        return Reason.ORG_ROLE_REQUIRED
+    if require.org_permissions and (
+        principal.org_id is None
+        or not all(p in principal.org_permissions for p in require.org_permissions)
+    ):
+        return Reason.ORG_PERMISSION_REQUIRED
+    return None
