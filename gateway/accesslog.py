@@ -95,10 +95,9 @@ def number(value: float | int | None) -> str:
 
 
 _REQUEST = (
-    '{"ts":"%s","level":"info","logger":"clerk_gateway.access","msg":"request",'
+    '{"ts":"%s.%03dZ","level":"info","logger":"clerk_gateway.access","msg":"request",'
     '"method":"%s","path":%s,"route":%s,"access":"%s","decision":"%s","status":%d,'
-    '"reason":%s,"user_id":%s,"duration_ms":%s,"upstream_status":%s,"upstream_ms":%s,'
-    '"client":%s,"host":%s,"user_agent":%s,"request_id":%s,"trace_id":%s%s}'
+    '"reason":%s,"user_id":%s,"duration_ms":%.3f,"upstream_status":%s,"upstream_ms":%s%s}'
 )
 
 
@@ -108,10 +107,11 @@ class AccessLog:
         self.enabled = True
         self.sink: Any = None  # tests observe entries here (a callable taking a dict)
         self._clock = Clock()
+        self._second = -1
+        self._stamp = ""
 
     def request(
         self,
-        *,
         method: str,
         path: str | None,
         route: str,
@@ -120,17 +120,14 @@ class AccessLog:
         status: int,
         reason: str | None,
         user_id: str | None,
-        duration_ms: float,
+        duration_s: float,
         upstream_status: int | None,
-        upstream_ms: float | None,
-        client: str | None = None,
-        host: str | None = None,
-        user_agent: str | None = None,
-        request_id: str | None = None,
-        trace_id: str | None = None,
-        extra: dict[str, Any] | None = None,
+        upstream_s: float | None,
+        tail: str = "",
     ) -> None:
-        """One request's line. `route` is already a JSON string (labels escape once)."""
+        """One request's line: one %-format. `route` is a JSON string already (labels are
+        escaped once); `tail` more `,"key":value` pairs, JSON already; `path` is a
+        normalised path, which holds no character JSON would escape."""
         if self.sink is not None:
             self.sink(
                 {
@@ -142,24 +139,36 @@ class AccessLog:
                     "status": status,
                     "reason": reason,
                     "user_id": user_id,
-                    "duration_ms": duration_ms,
+                    "duration_ms": round(duration_s * 1000, 3),
                     "upstream_status": upstream_status,
-                    "upstream_ms": upstream_ms,
-                    "client": client,
-                    "host": host,
-                    "user_agent": user_agent,
-                    "request_id": request_id,
-                    "trace_id": trace_id,
-                    **(extra or {}),
+                    "upstream_ms": None if upstream_s is None else round(upstream_s * 1000, 3),
+                    **(json.loads("{" + tail[1:] + "}") if tail else {}),
                 }
             )
         if not self.enabled:
             return
-        tail = "".join(f",{json.dumps(k)}:{_encode(v)}" for k, v in extra.items()) if extra else ""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        if reason is None and upstream_s is not None and path is not None:
+            # the common line as an f-string: compiled once, no format parsing per call
+            user = "null" if user_id is None else quoted(user_id)
+            self.writer.later(
+                f'{{"ts":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info",'
+                f'"logger":"clerk_gateway.access","msg":"request","method":"{method}",'
+                f'"path":"{path}","route":{route},"access":"{access}","decision":"{decision}",'
+                f'"status":{status},"reason":null,"user_id":{user},'
+                f'"duration_ms":{duration_s * 1000:.3f},"upstream_status":{upstream_status},'
+                f'"upstream_ms":{upstream_s * 1000:.3f}{tail}}}'
+            )
+            return
         self.writer.later(
             _REQUEST
             % (
-                self._clock.stamp(time.time()),
+                self._stamp,
+                int((now - second) * 1000),
                 method,
                 "null" if path is None else f'"{path}"',
                 route,
@@ -167,15 +176,10 @@ class AccessLog:
                 decision,
                 status,
                 "null" if reason is None else f'"{reason}"',
-                quoted(user_id),
-                duration_ms,
-                number(upstream_status),
-                number(upstream_ms),
-                quoted(client),
-                quoted(host),
-                quoted(user_agent),
-                quoted(request_id),
-                quoted(trace_id),
+                "null" if user_id is None else quoted(user_id),
+                duration_s * 1000,
+                "null" if upstream_status is None else upstream_status,
+                "null" if upstream_s is None else f"{upstream_s * 1000:.3f}",
                 tail,
             )
         )

@@ -33,7 +33,7 @@ from gateway.headers import HeaderRules, forwarded_lines, upstream_head
 from gateway.http1 import Continuation, Exchange
 from gateway.identity import header_block, identity_values
 from gateway.metrics import Metrics
-from gateway.model import ClerkSettings, Limits, Policy, Upstream
+from gateway.model import ClerkSettings, Policy, Upstream
 from gateway.responses import Denial, denial, is_navigation, render, status_of
 from gateway.routes import Route, host_without_port
 from gateway.upstream import Pool, UpstreamFailure, authority
@@ -43,16 +43,30 @@ from gateway.webhooks import verify as verify_webhook
 log = logging.getLogger("clerk_gateway")
 
 _CACHED = 4096  # targets and cookie headers remembered per policy
+_DEFAULT_LABEL = ("default", '"default"')
 
 
-class _UpstreamWire:
-    """What an upstream adds to every head, as bytes, once."""
+class Forwarding:
+    """What a located target means for the proxy, derived once per target and policy:
+    the log label, the upstream, and the request target and Host it receives."""
 
-    __slots__ = ("base", "host", "upstream")
+    __slots__ = ("host", "label", "path", "target", "upstream")
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(
+        self, located: Located, policy: Policy, url: bytes, label: tuple[str, str]
+    ) -> None:
+        route = located.route
+        upstream = policy.upstreams[route.upstream if route is not None else "default"]
         self.upstream = upstream
-        self.base = upstream.base_path.encode("ascii")
+        self.label = label
+        self.path = located.target.path
+        # the normalised path after the upstream's base, and the query exactly as received
+        _, mark, query = url.partition(b"?")
+        self.target = (
+            upstream.base_path.encode("ascii")
+            + located.target.path.encode("ascii")
+            + (mark + query if mark else b"")
+        )
         self.host = None if upstream.preserve_host else authority(upstream).encode("ascii")
 
 
@@ -65,7 +79,6 @@ class Runtime:
         self.rules = HeaderRules(policy.identity_headers.names(), policy.strip_headers)
         self.webhook_secrets = tuple(secret_bytes(s) for s in policy.webhooks.secrets)
         self.deliveries = deliveries
-        self.upstreams = {name: _UpstreamWire(u) for name, u in policy.upstreams.items()}
         self.labels: dict[int, tuple[str, str]] = {
             r.index: (r.label, json.dumps(r.label)) for r in policy.routes
         }
@@ -94,9 +107,9 @@ class Runtime:
             target = ex.url.decode("utf-8", "surrogateescape")
             found = locate(self.policy, ex.method.decode("latin-1"), host, target)
             if isinstance(found, Located):
-                # the normalised path, and the query exactly as received
-                _, mark, query = ex.url.partition(b"?")
-                found.wire = found.target.path.encode("ascii") + (mark + query if mark else b"")
+                route = found.route
+                label = self.labels[route.index] if route is not None else _DEFAULT_LABEL
+                found.engine = Forwarding(found, self.policy, ex.url, label)
             if len(self._located) < _CACHED:
                 self._located[key] = found
         return found
@@ -156,7 +169,7 @@ class Gateway:
     @property
     def pool(self) -> Pool:
         if self._pool is None:
-            self._pool = Pool(on_failure=self._upstream_failed, observe=self._observe_upstream)
+            self._pool = Pool(self._upstream_failed, self.metrics.upstream_latency)
         return self._pool
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -217,13 +230,6 @@ class Gateway:
             if not ok:
                 return False, why
         return True, "ready"
-
-    # What the listener reads from the running policy.
-    def limits(self) -> Limits:
-        return self.runtime.policy.limits
-
-    def rules(self) -> HeaderRules:
-        return self.runtime.rules
 
     # ---- reloads ----------------------------------------------------------------------------
 
@@ -298,22 +304,28 @@ class Gateway:
         """Decide synchronously where no I/O is needed (every denial, cached or held-key
         verifications) and forward on a pooled connection; else return what to run in a
         task (a key fetch, a webhook body)."""
-        rt = self.runtime
+        rt = self._runtime
+        assert rt is not None
         located = rt.locate(ex)
         if not isinstance(located, Located):
             self._deny(ex, rt, located)
             return None
-        route = located.route
-        ex.path = located.target.path
-        ex.route = rt.label(route)
-        ex.access = located.access.value
+        forwarding = located.engine
+        ex.path = forwarding.path
+        ex.route = forwarding.label
+        ex.access = located.access  # a StrEnum: the member is its string
         if located.access is Access.DENY:
             self._deny(ex, rt, Reason.ROUTE_DENIED)
             return None
         if located.access is Access.WEBHOOK:
             return partial(self._webhook, ex, rt, located)
         auth = ex.authorization
-        token = token_from_authorization(auth.decode("latin-1")) if auth is not None else None
+        if auth is None:
+            token = None
+        elif auth[:7] == b"Bearer ":
+            token = auth[7:].strip().decode("latin-1") or None
+        else:
+            token = token_from_authorization(auth.decode("latin-1"))
         if token is None and ex.cookie is not None:
             token = rt.from_cookie(ex.cookie).token
         if token is None:
@@ -343,7 +355,13 @@ class Gateway:
     ) -> None:
         if outcome.__class__ is Verified:
             assert isinstance(outcome, Verified)
-            decision = decide(located, outcome.principal)
+            # a session asks for the same target again and again: its decision is remembered
+            last = outcome.last
+            if last is not None and last[0] is located:
+                decision = last[1]
+            else:
+                decision = decide(located, outcome.principal)
+                outcome.last = (located, decision)
         else:
             decision = decide(located, outcome)  # type: ignore[arg-type]
         principal = decision.principal
@@ -359,40 +377,25 @@ class Gateway:
             if identity is None or outcome.identity_for is not rt:
                 identity = header_block(identity_values(principal, rt.policy.identity_headers))
                 outcome.identity, outcome.identity_for = identity, rt
-        self._forward(ex, rt, located, identity)
+        self._forward(ex, located, identity)
 
     def _forward(
-        self,
-        ex: Exchange,
-        rt: Runtime,
-        located: Located,
-        identity: bytes,
-        body: bytes | None = None,
+        self, ex: Exchange, located: Located, identity: bytes, body: bytes | None = None
     ) -> None:
-        route = located.route
-        wire = rt.upstreams[route.upstream if route is not None else "default"]
-        if body is not None:
-            framing = b"Content-Length: %d\r\n" % len(body)
-        elif ex.chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif ex.length:
-            framing = b"Content-Length: %d\r\n" % ex.length
-        else:
-            framing = b""
-        if ex.upgrade and ex.upgrade_to is not None and ex.upgrade_to.lower() == b"websocket":
-            framing += b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+        forwarding: Forwarding = located.engine
+        conn = ex.conn
         head = upstream_head(
             ex,
-            wire.base + located.wire,
-            client_ip=ex.conn.client_ip_bytes,
-            proto=b"https" if ex.conn.secure else b"http",
-            host=wire.host,
-            identity=identity,
-            framing=framing,
+            forwarding.target,
+            conn.client_ip_bytes,
+            conn.proto,
+            forwarding.host,
+            identity,
+            _framing(ex, body) if ex.has_body or ex.upgrade or body is not None else b"",
         )
         ex.decision = "allow"
         self.metrics.in_flight += 1
-        self.pool.forward(ex, wire.upstream, head, body)
+        (self._pool or self.pool).forward(ex, forwarding.upstream, head, body)
 
     # ---- answers of our own -----------------------------------------------------------------
 
@@ -450,32 +453,30 @@ class Gateway:
         self._answer(ex, Denial(status_of(failure.reason), failure.reason))
         ex.decision = "allow"  # the policy allowed it; the upstream failed
 
-    def _observe_upstream(self, upstream: Upstream, seconds: float) -> None:
-        self.metrics.observe_upstream(upstream.name, seconds)
-
     # ---- the end of every request -----------------------------------------------------------
 
     def complete(self, ex: Exchange) -> None:
         elapsed = time.perf_counter() - ex.started
         status = ex.status if ex.response_started else 499
-        label, label_json = ex.route if ex.route is not None else ("default", '"default"')
-        reason = ex.reason.value if ex.reason is not None else ""
-        self.metrics.record(label, ex.access, ex.decision, reason, status, elapsed)
+        label, label_json = ex.route if ex.route is not None else _DEFAULT_LABEL
+        reason = ex.reason
+        self.metrics.record(label, ex.access, ex.decision, reason or "", status, elapsed)
         if ex.forwarding:
             self.metrics.in_flight -= 1
+        note = ex.note
         self.access_log.request(
-            method=ex.method.decode("latin-1"),
-            path=ex.path,
-            route=label_json,
-            access=ex.access,
-            decision=ex.decision,
-            status=status,
-            reason=reason or None,
-            user_id=ex.user_id,
-            duration_ms=round(elapsed * 1000, 3),
-            upstream_status=ex.upstream_status,
-            upstream_ms=ex.upstream_ms,
-            extra=ex.note,
+            ex.method.decode("latin-1"),
+            ex.path,
+            label_json,
+            ex.access,
+            ex.decision,
+            status,
+            reason,
+            ex.user_id,
+            elapsed,
+            ex.upstream_status,
+            ex.upstream_s,
+            "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in note.items()) if note else "",
         )
 
     def refused(self, reason: Reason) -> None:
@@ -533,7 +534,7 @@ class Gateway:
             if kind.isascii() and kind.isprintable():
                 identity += b"X-Clerk-Webhook-Event: %s\r\n" % kind.encode("ascii")
             ex.ended = asyncio.get_running_loop().create_future()
-            self._forward(ex, rt, located, identity, body=body)
+            self._forward(ex, located, identity, body)
             await ex.ended
             accepted = 200 <= (ex.upstream_status or 0) < 300 and ex.reason is None
             self.metrics.count_webhook("delivered" if accepted else "upstream-rejected", kind)
@@ -543,6 +544,21 @@ class Gateway:
     def _webhook_done(self, ex: Exchange, rt: Runtime, reason: Reason, kind: str | None) -> None:
         self.metrics.count_webhook(reason.value, kind or "unknown")
         self._deny(ex, rt, reason)
+
+
+def _framing(ex: Exchange, body: bytes | None) -> bytes:
+    """The body framing of the forwarded request (a body read whole gets a length)."""
+    if body is not None:
+        framing = b"Content-Length: %d\r\n" % len(body)
+    elif ex.chunked:
+        framing = b"Transfer-Encoding: chunked\r\n"
+    elif ex.length:
+        framing = b"Content-Length: %d\r\n" % ex.length
+    else:
+        framing = b""
+    if ex.upgrade and ex.upgrade_to is not None and ex.upgrade_to.lower() == b"websocket":
+        framing += b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+    return framing
 
 
 def _text(value: bytes | None) -> str | None:

@@ -14,7 +14,9 @@ Webhook routes are allowed here; their signature is checked on the body (webhook
 
 from __future__ import annotations
 
-from gateway.decision import Access, Decision, Principal, Reason
+from typing import Any
+
+from gateway.decision import ALLOW_ANONYMOUS, Access, Decision, Principal, Reason
 from gateway.model import Policy
 from gateway.paths import Target, normalise_target
 from gateway.routes import Ambiguous, Requirement, Route
@@ -28,13 +30,13 @@ class Located:
     """A request target that passed normalisation, and the route it matched (None: the
     policy's default applies)."""
 
-    __slots__ = ("access", "route", "target", "wire")
+    __slots__ = ("access", "engine", "route", "target")
 
     def __init__(self, target: Target, route: Route | None, access: Access) -> None:
         self.target = target
         self.route = route
         self.access = access
-        self.wire = b""  # the path and query as the upstream receives them (the engine's)
+        self.engine: Any = None  # what the proxy derives from it once (app.Forwarding)
 
 
 def locate(policy: Policy, method: str, host: str, raw_target: str) -> Located | Reason:
@@ -59,18 +61,20 @@ def decide(located: Located, outcome: Outcome) -> Decision:
         principal = None
         outcome = Reason.SESSION_PENDING
     if access is Access.PUBLIC or access is Access.WEBHOOK:
-        return Decision.allow(principal)
+        return ALLOW_ANONYMOUS if principal is None else Decision(True, None, principal)
     if principal is None:
         return Decision.deny(
             outcome if isinstance(outcome, Reason) else Reason.SESSION_TOKEN_MISSING
         )
     if access is Access.ADMIN and ADMIN_ROLE not in principal.roles:
-        return Decision.deny(Reason.ROLE_REQUIRED, principal)
+        return Decision(False, Reason.ROLE_REQUIRED, principal)
     if route is not None:
-        failed = unmet(route.require, principal)
-        if failed is not None:
-            return Decision.deny(failed, principal)
-    return Decision.allow(principal)
+        require = route.require
+        if require.roles or require.org_roles or require.org_permissions:
+            failed = unmet(require, principal)
+            if failed is not None:
+                return Decision(False, failed, principal)
+    return Decision(True, None, principal)
 
 
 def unmet(require: Requirement, principal: Principal) -> Reason | None:

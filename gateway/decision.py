@@ -7,7 +7,7 @@ code is the same string in the response body, the log line and the metric label.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Access(enum.StrEnum):
@@ -94,10 +94,10 @@ class Principal:
     factor_ages: tuple[int, int] | None = None
     session_status: str | None = None
     actor: Actor | None = None
+    pending: bool = field(init=False, default=False)  # sts = pending: signed out by default
 
-    @property
-    def pending(self) -> bool:
-        return self.session_status == "pending"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pending", self.session_status == "pending")
 
 
 class Decision:

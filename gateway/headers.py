@@ -280,7 +280,6 @@ def forwarded_lines(
 def upstream_head(
     into: RequestHeaders,
     target: bytes,
-    *,
     client_ip: bytes,
     proto: bytes,
     host: bytes | None = None,
@@ -290,21 +289,17 @@ def upstream_head(
     """The request head sent upstream: the request line, the client's headers as kept by
     `scan` (byte for byte), then ours: Host (the client's unless `host` names the
     upstream), X-Forwarded-*, the identity block and the body framing. One join."""
-    forwarded_for, scheme, forwarded_host = forwarded_lines(into, client_ip, proto)
-    return b"".join(
-        (
-            into.method,
-            b" ",
-            target,
-            b" HTTP/1.1\r\n",
-            b"".join(into.kept),
-            b"Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-            % (host or into.host, forwarded_for, scheme, forwarded_host),
-            identity,
-            framing,
-            b"\r\n",
-        )
+    if into.forwarded is None:
+        forwarded_for, scheme, forwarded_host = client_ip, proto, into.host
+    else:
+        forwarded_for, scheme, forwarded_host = forwarded_lines(into, client_ip, proto)
+    parts = [into.method, b" ", target, b" HTTP/1.1\r\n"]
+    parts += into.kept
+    parts.append(
+        b"Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+        b"%s%s\r\n" % (host or into.host, forwarded_for, scheme, forwarded_host, identity, framing)
     )
+    return b"".join(parts)
 
 
 def safe_value(value: str) -> bool:

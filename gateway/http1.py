@@ -103,6 +103,7 @@ class Exchange:
     # framing
     length = 0  # declared Content-Length (0: none)
     chunked = False
+    has_body = False
     upgrade = False
     # the answer
     status = 0
@@ -127,7 +128,7 @@ class Exchange:
     reason: Reason | None = None
     user_id: str | None = None
     upstream_status: int | None = None
-    upstream_ms: float | None = None
+    upstream_s: float | None = None
     note: Any = None  # anything else a handler wants to log (webhook id and type, ...)
 
     def __init__(
@@ -149,10 +150,6 @@ class Exchange:
         self.body_complete = True
 
     # ---- request facts ----------------------------------------------------------------------
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.length > 0
 
     @property
     def client_ip(self) -> str:
@@ -267,7 +264,10 @@ class Exchange:
         """The upstream's response is complete: the connection moves on."""
         self.response_done = True
         self.upstream = None
-        self.end()
+        if self.ended is None and self.conn._task is None:
+            self.conn.exchange_done(self)  # the common case, without a hop through end()
+        else:
+            self.end()
 
     def abandon(self) -> None:
         """The response cannot be completed (upstream gone mid-body): a truncated body
@@ -296,11 +296,8 @@ class Exchange:
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection."""
 
-    def __init__(
-        self, handler: Handler, limits: Callable[[], Limits], tracker: ConnectionTracker
-    ) -> None:
+    def __init__(self, handler: Handler, tracker: ConnectionTracker) -> None:
         self.handler = handler
-        self.limits = limits
         self.tracker = tracker
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -308,9 +305,10 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ""
         self.client_ip_bytes = b""
         self.secure = False
+        self.proto = b"http"
         self.trusted_for: Any = None  # the policy `trusted` was computed for
         self.trusted = False
-        self._limits = limits()
+        self._limits = tracker.limits
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_len = 0
@@ -322,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._paused = False
         self._tunnel: asyncio.Transport | None = None
-        self._closing = False
+        self.closing = False
         self._lingering = 0  # > 0: half-closed, dropping at most this many more bytes
         self.phase = FRESH
         self.since = 0.0  # loop time the phase began (for BODY: the last progress seen)
@@ -338,11 +336,12 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.client_ip_bytes = self.client_ip.encode("ascii", "replace")
         self.secure = transport.get_extra_info("sslcontext") is not None
+        self.proto = b"https" if self.secure else b"http"
         self.since = self.loop.time()
         self.tracker.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
+        self.closing = True
         self.tracker.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client went away: so does the upstream request
@@ -418,7 +417,7 @@ class ClientConnection(asyncio.Protocol):
     # ---- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._limits = self.limits()  # a reload applies from the next request on
+        self._limits = self.tracker.limits  # a reload applies from the next request on
         self._url = b""
         self._headers = []
         self._head_len = 0
@@ -453,13 +452,19 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         ex = Exchange(self, method, self._url, version == "1.1", self._headers, perf_counter())
         ex.keep_alive = parser.should_keep_alive()
+        tracker = self.tracker
+        if self.trusted_for is not tracker.trust:
+            self.trusted_for = tracker.trust  # a new policy: is the client trusted there?
+            self.trusted = tracker.trust(self.client_ip)
         try:
-            scan(self._headers, self.tracker.rules(), self._trusted(), ex)
+            scan(self._headers, tracker.rules, self.trusted, ex)
         except ValueError:
             raise httptools.HttpParserCallbackError("ambiguous head") from None
         if ex.content_length is not None:
             ex.length = int(ex.content_length)  # llhttp has checked it is digits
-        ex.chunked = ex.transfer_encoding is not None
+            ex.has_body = ex.length > 0
+        if ex.transfer_encoding is not None:
+            ex.chunked = ex.has_body = True
         if parser.should_upgrade():  # an Upgrade request, or any CONNECT
             if method == b"CONNECT" or ex.chunked or ex.length:
                 # llhttp skips the body of an upgrade: its bytes would reach the upstream
@@ -487,16 +492,9 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.phase = BUSY
-        if self._receiving is not None:
-            self._receiving.end_body()
-
-    def _trusted(self) -> bool:
-        """Is the client one of the policy's trusted proxies (cached per policy)."""
-        trust = self.tracker.trust
-        if self.trusted_for is not trust:
-            self.trusted_for = trust
-            self.trusted = trust(self.client_ip)
-        return self.trusted
+        receiving = self._receiving
+        if receiving is not None and not receiving.body_complete:
+            receiving.end_body()
 
     # ---- exchanges --------------------------------------------------------------------------
 
@@ -519,7 +517,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             await then()
         except asyncio.CancelledError:
-            if not self._closing:
+            if not self.closing:
                 self.abort()  # we gave up: a partial response must not look whole
             self.handler.complete(ex)
             raise
@@ -570,7 +568,8 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == BUSY:
             self.phase = IDLE
             self.since = self.loop.time()
-        self.resume_reading()
+        if self._paused:
+            self.resume_reading()
 
     def _refuse(self, reason: Reason) -> None:
         """A request we cannot even parse, or a client too slow: answer, then close."""
@@ -592,12 +591,12 @@ class ClientConnection(asyncio.Protocol):
         read and drop its bytes for a moment. Closing a socket with unread bytes sends a
         reset, which can destroy the response before the client reads it (RFC 9112 9.6)."""
         transport = self.transport
-        if transport is None or self._closing:
+        if transport is None or self.closing:
             return
         if not transport.can_write_eof():
             self.close()
             return
-        self._closing = True
+        self.closing = True
         self._lingering = LINGER_BYTES
         self.phase = TUNNEL  # no deadline of the sweeper's: the timer below ends it
         transport.write_eof()
@@ -646,27 +645,27 @@ class ClientConnection(asyncio.Protocol):
     # ---- transport helpers ------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closing:
+        if self.transport is not None and not self.closing:
             self.transport.write(data)
 
     def pause_reading(self) -> None:
-        if not self._paused and self.transport is not None and not self._closing:
+        if not self._paused and self.transport is not None and not self.closing:
             self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._paused and self.transport is not None and not self._closing:
+        if self._paused and self.transport is not None and not self.closing:
             self._paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
-        if self.transport is not None and not self._closing:
-            self._closing = True
+        if self.transport is not None and not self.closing:
+            self.closing = True
             self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
-            self._closing = True
+            self.closing = True
             self.transport.abort()
 
     @property
@@ -690,10 +689,11 @@ def _trust_nobody(client_ip: str) -> bool:
 @dataclass
 class ConnectionTracker:
     """Open client connections: their deadlines, draining on shutdown, refused requests;
-    and what every connection reads from the running policy (limits, header rules, trust)."""
+    and what every connection reads from the running policy (limits, header rules, trust),
+    replaced as a whole on reload (`follow`)."""
 
-    limits: Callable[[], Limits] = Limits
-    rules: Callable[[], Any] = lambda: None
+    limits: Limits = field(default_factory=Limits)
+    rules: Any = None
     connections: set[ClientConnection] = field(default_factory=set)
     on_refused: Callable[[Reason], None] | None = None
     idle_timeout_s: float = IDLE_TIMEOUT_S
@@ -702,6 +702,11 @@ class ConnectionTracker:
     trust: Callable[[str], bool] = _trust_nobody  # replaced (as a new object) on reload
     accepting_keep_alive: bool = True
     _sweeper: asyncio.Task[None] | None = None
+
+    def follow(self, limits: Limits, rules: Any, trust: Callable[[str], bool]) -> None:
+        """The running policy's: every connection reads them from here (a new `trust`
+        function per policy, so connections recompute whether their client is trusted)."""
+        self.limits, self.rules, self.trust = limits, rules, trust
 
     def add(self, conn: ClientConnection) -> None:
         if len(self.connections) >= self.max_connections:
@@ -719,7 +724,7 @@ class ConnectionTracker:
         connection instead of a timer created and cancelled on every read."""
         loop = asyncio.get_running_loop()
         while self.connections:
-            limits = self.limits()
+            limits = self.limits
             head_s, body_s = limits.request_head_timeout_s, limits.body_idle_timeout_s
             await asyncio.sleep(min(1.0, max(0.05, min(head_s, body_s, self.idle_timeout_s) / 4)))
             now = loop.time()

@@ -113,11 +113,12 @@ class Metrics:
             hist = self.durations[route] = Histogram()
         hist.observe(seconds)
 
-    def observe_upstream(self, upstream: str, seconds: float) -> None:
+    def upstream_latency(self, upstream: str) -> Histogram:
+        """The histogram an upstream's exchanges are observed in (kept by its connections)."""
         hist = self.upstream_durations.get(upstream)
         if hist is None:
             hist = self.upstream_durations[upstream] = Histogram()
-        hist.observe(seconds)
+        return hist
 
     # ---- events -----------------------------------------------------------------------------
 

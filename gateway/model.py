@@ -59,8 +59,11 @@ class WebhookSettings:
     max_body_bytes: int = 1_048_576
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Upstream:
+    """An upstream; compared and hashed by identity (the pool keys its connections by it,
+    per request): a reload makes new ones, and the pool retires the old ones' connections."""
+
     name: str
     url: str
     scheme: str

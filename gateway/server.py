@@ -59,20 +59,15 @@ async def start(
 ) -> Listeners:
     await gateway.start()
     loop = asyncio.get_running_loop()
-    tracker = ConnectionTracker(
-        limits=gateway.limits,
-        rules=gateway.rules,
-        on_refused=gateway.refused,
-        max_connections=raise_fd_limit(),
-        trust=gateway.runtime.trust,
-    )
+    tracker = ConnectionTracker(on_refused=gateway.refused, max_connections=raise_fd_limit())
 
     def follow(runtime: Runtime) -> None:
-        tracker.trust = runtime.trust
+        tracker.follow(runtime.policy.limits, runtime.rules, runtime.trust)
 
+    follow(gateway.runtime)
     gateway.on_reload.append(follow)
     public = await loop.create_server(
-        lambda: ClientConnection(gateway, gateway.limits, tracker),
+        lambda: ClientConnection(gateway, tracker),
         listen.host,
         listen.port,
         reuse_port=reuse_port or None,

@@ -28,18 +28,19 @@ import httptools
 
 from gateway.decision import Reason
 from gateway.http1 import Exchange
+from gateway.metrics import Histogram
 from gateway.model import Upstream
 
 MAX_RESPONSE_HEAD = 65_536
+# Response headers that decide whether the head can be relayed as it is.
+_FRAMING = re.compile(
+    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate|"
+    rb"transfer-encoding|content-length):[ \t]*([^\r\n]*)",
+    re.IGNORECASE,
+)
 IDLE_PER_UPSTREAM = 256
 SWEEP_INTERVAL_S = 0.1
 
-# Response headers that make a verbatim head wrong for the client (their values matter).
-_HOP = re.compile(
-    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate|"
-    rb"transfer-encoding|content-length)[ \t]*:[ \t]*([^\r\n]*)",
-    re.IGNORECASE,
-)
 _HOP_NAMES = frozenset(
     [
         b"connection",
@@ -53,6 +54,24 @@ _HOP_NAMES = frozenset(
         b"transfer-encoding",
     ]
 )
+
+
+_VERDICTS: dict[bytes, tuple[bool, bool, bool]] = {}
+_VERDICTS_KEPT = 512
+
+
+def _verdict(head: bytes) -> tuple[bool, bool, bool]:
+    """(chunked, has a Content-Length, must be rewritten) for a response head."""
+    chunked = has_length = rewrite = False
+    for name, value in _FRAMING.findall(head):
+        name = name.lower()
+        if name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name != b"connection" or value.strip().lower() != b"keep-alive":
+            rewrite = True  # hop-by-hop, or a Connection that says more than keep-alive
+    return chunked, has_length, rewrite
 
 
 class UpstreamFailure(Exception):
@@ -75,6 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.parser = httptools.HttpResponseParser(self)
+        self.latency = pool.latency(upstream)
         self.ex: Exchange | None = None
         self.deadline = 0.0  # loop time after which a waiting exchange times out; 0: none
         self.reused = False
@@ -85,7 +105,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade = False
         self._in_head = False
         self._head = b""  # the response head received so far
-        self._line = 0  # bytes of its unfinished line, which llhttp buffers
         self._status = 0
         self._informational = False
         self._chunk_out = False  # re-frame the body as chunks for the client
@@ -166,13 +185,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._invalid(ex)
             return
-        if self._in_head:
-            # llhttp holds an unfinished header line itself: bound it as it grows
-            end = data.rfind(b"\n")
-            self._line = self._line + len(data) if end == -1 else len(data) - end - 1
-            if len(self._head) > MAX_RESPONSE_HEAD:
-                self._invalid(ex)
-                return
+        if self._in_head and len(self._head) > MAX_RESPONSE_HEAD:
+            # llhttp holds an unfinished header itself; what we hold bounds it
+            self._invalid(ex)
+            return
         if self._out:
             self._flush(ex)
         if self._complete:
@@ -213,7 +229,6 @@ class UpstreamConnection(asyncio.Protocol):
             # drop the 1xx head from what was buffered; the final head comes after it
             self._informational = False
             self._head = self._head[self._head.find(b"\r\n\r\n") + 4 :]
-            self._line = 0
             return
         if self._status == 0 or self._complete:
             return  # a 101, or a HEAD response already taken as complete
@@ -226,27 +241,26 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _client_head(self, ex: Exchange, head: bytes, status: int, no_body: bool) -> bytes:
         """The upstream's head as it is when nothing in it is hop-by-hop for the client,
-        else rebuilt without the hop-by-hop headers, framed for the client's connection."""
-        chunked = has_length = rewrite = False
-        for match in _HOP.finditer(head):
-            name, value = match.group(1).lower(), match.group(2).strip().lower()
-            if name == b"content-length":
-                has_length = True
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name != b"connection" or value != b"keep-alive":
-                rewrite = True
+        else rebuilt without the hop-by-hop headers, framed for the client's connection.
+        One regex pass finds what matters (llhttp admits no space before a colon)."""
+        # An upstream's heads differ mostly by their Date: the verdict on a head's shape
+        # (the head without its Date value) is remembered, and the regex runs on new ones.
+        at = head.find(b"\r\nDate: ")
+        shape = head if at < 0 else head[:at] + head[head.find(b"\r\n", at + 8) :]
+        verdict = _VERDICTS.get(shape)
+        if verdict is None:
+            verdict = _verdict(head)
+            if len(_VERDICTS) >= _VERDICTS_KEPT:
+                del _VERDICTS[next(iter(_VERDICTS))]
+            _VERDICTS[shape] = verdict
+        chunked, has_length, rewrite = verdict
         self._close_delimited = not (no_body or chunked or has_length)
         self._chunk_out = chunked and not no_body
-        if (
-            not rewrite
-            and not self._close_delimited
-            and ex.version11
-            and ex.keep_alive
-            and not ex.response_headers
-        ):
-            return head  # the common case: relayed byte for byte
-        return self._rebuilt(ex, head, no_body, chunked, has_length)
+        if rewrite or self._close_delimited or not ex.version11 or not ex.keep_alive:
+            return self._rebuilt(ex, head, no_body, chunked, has_length)
+        if ex.response_headers:
+            return head[:-2] + b"".join(ex.response_headers) + b"\r\n"
+        return head  # the common case: relayed byte for byte
 
     def _rebuilt(
         self, ex: Exchange, head: bytes, no_body: bool, chunked: bool, has_length: bool
@@ -297,7 +311,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade = ex.upgrade
         self._in_head = True
         self._head = b""
-        self._line = 0
         self._status = 0
         self._informational = False
         self._complete = False
@@ -327,9 +340,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._arm()
 
     def _flush(self, ex: Exchange) -> None:
-        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-        self._out.clear()
-        ex.send(data)
+        out = self._out
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        ex.response_started = True
+        conn = ex.conn
+        if not conn.closing:
+            conn.transport.write(data)  # type: ignore[union-attr]
 
     def _done(self, ex: Exchange, *, keep: bool) -> None:
         self.ex = None
@@ -343,8 +360,8 @@ class UpstreamConnection(asyncio.Protocol):
             # llhttp cannot be told a response had no body: a fresh parser for the next
             self.parser = httptools.HttpResponseParser(self)
         ex.upstream_status = self._status
-        ex.upstream_ms = round((time.perf_counter() - self._sent_at) * 1000, 3)
-        self.pool.observe(self.upstream, time.perf_counter() - self._sent_at)
+        ex.upstream_s = elapsed = time.perf_counter() - self._sent_at
+        self.latency.observe(elapsed)
         if keep and not self.closed:
             self.pool.release(self)
         else:
@@ -401,7 +418,11 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 FailureHandler = Callable[[Exchange, Upstream, UpstreamFailure], None]
-DurationObserver = Callable[[Upstream, float], None]
+
+
+class _Unobserved:
+    def observe(self, seconds: float) -> None:
+        pass
 
 
 class Pool:
@@ -411,14 +432,15 @@ class Pool:
     def __init__(
         self,
         on_failure: FailureHandler | None = None,
-        observe: DurationObserver | None = None,
+        latency: Callable[[str], Histogram] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._idle: dict[Upstream, deque[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.on_failure = on_failure
-        self._observe = observe
+        self._latency = latency
+        self._current: set[Upstream] | None = None  # the running policy's, after a reload
 
     # ---- forwarding -------------------------------------------------------------------------
 
@@ -477,9 +499,9 @@ class Pool:
         else:
             ex.end()
 
-    def observe(self, upstream: Upstream, seconds: float) -> None:
-        if self._observe is not None:
-            self._observe(upstream, seconds)
+    def latency(self, upstream: Upstream) -> Histogram | _Unobserved:
+        """Where a connection to `upstream` records how long its exchanges take."""
+        return self._latency(upstream.name) if self._latency is not None else _Unobserved()
 
     # ---- connections ------------------------------------------------------------------------
 
@@ -511,6 +533,9 @@ class Pool:
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
+        if self._current is not None and conn.upstream not in self._current:
+            conn.close()  # an upstream of a policy since replaced: its address may be stale
+            return
         idle = self._idle.get(conn.upstream)
         if idle is None:
             idle = self._idle[conn.upstream] = deque()
@@ -527,6 +552,7 @@ class Pool:
                 idle.remove(conn)
 
     def retire(self, keep: list[Upstream]) -> None:
+        self._current = set(keep)
         for upstream in [u for u in self._idle if u not in keep]:
             for conn in list(self._idle.pop(upstream)):
                 conn.close()

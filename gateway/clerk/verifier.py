@@ -67,6 +67,7 @@ class Verified:
         "identity",
         "identity_for",
         "kid",
+        "last",
         "principal",
     )
 
@@ -85,6 +86,7 @@ class Verified:
         self.generation = generation
         self.identity: Any = None  # filled by the application on first use...
         self.identity_for: Any = None  # ...for the policy it was built with
+        self.last: Any = None  # the application's memo: the last decision made with it
 
 
 class SessionVerifier:

@@ -53,10 +53,10 @@ def forward(
     head = upstream_head(
         request,
         b"/x",
-        client_ip=CLIENT.encode(),
-        proto=b"http",
-        host=host_override.encode() if host_override else None,
-        identity=b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in identity),
+        CLIENT.encode(),
+        b"http",
+        host_override.encode() if host_override else None,
+        b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in identity),
     )
     lines = head.decode("latin-1").split("\r\n")
     assert lines[0] == "GET /x HTTP/1.1"
