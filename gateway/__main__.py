@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config import load_policy
+from gateway.model import MODES
 from gateway.settings import Settings, config_path, parse_address
 
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on SIGTERM"
     )
+    _mode_argument(run)
     run.set_defaults(handler=_run)
 
     check = sub.add_parser("check", help="validate a policy file")
@@ -66,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "file", nargs="?", help="policy file (default: $GATEWAY_CONFIG or config/routes.yaml)"
     )
     check.add_argument("--strict", action="store_true", help="warnings fail too")
+    _mode_argument(check)
     check.set_defaults(handler=_check)
 
     explain = sub.add_parser("explain", help="show how one request would be decided (offline)")
@@ -86,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a request header, e.g. 'Sec-Fetch-Dest: document' for a browser navigation",
     )
     explain.add_argument("--json", action="store_true", help="print one JSON object")
+    _mode_argument(explain)
     explain.set_defaults(handler=_explain)
 
     reload = sub.add_parser(
@@ -121,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mode_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=os.environ.get("GATEWAY_MODE") or None,
+        help="proxy (forward allowed requests) or forward-auth (answer an ingress's checks); "
+        "default: $GATEWAY_MODE, else the policy's `mode:`, else proxy",
+    )
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
     return int(value) if value.isdigit() else default
@@ -128,7 +142,7 @@ def _env_int(name: str, default: int) -> int:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     path = config_path(args.file)
-    result = load_policy(path, for_run=False)
+    result = load_policy(path, for_run=False, mode=args.mode)
     for problem in result.problems:
         print(problem)
     if result.errors:
@@ -160,7 +174,7 @@ def _explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if not isinstance(claims, dict):
             parser.error("--claims must be a JSON object")
     path = config_path(args.config)
-    result = load_policy(path, for_run=False)
+    result = load_policy(path, for_run=False, mode=args.mode)
     if result.policy is None:
         for problem in result.errors:
             print(problem, file=sys.stderr)
@@ -188,6 +202,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             admin_listen=parse_address(args.admin_listen),
             workers=args.workers,
             drain_timeout_s=args.drain_timeout,
+            mode=args.mode,
         )
     except ValueError as exc:
         parser.error(str(exc))

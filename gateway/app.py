@@ -29,11 +29,12 @@ from gateway.clerk.verifier import SessionVerifier, Verified
 from gateway.config import load_policy
 from gateway.decide import Located, decide, locate
 from gateway.decision import Access, Decision, Reason
+from gateway.forwardauth import Original, allowed, for_nginx, original_request
 from gateway.headers import HeaderRules, forwarded_lines, upstream_head
 from gateway.http1 import Continuation, Exchange
 from gateway.identity import header_block, identity_values
 from gateway.metrics import Metrics
-from gateway.model import ClerkSettings, Policy, Upstream
+from gateway.model import FORWARD_AUTH, ClerkSettings, Policy, Upstream
 from gateway.responses import Denial, denial, is_navigation, render, status_of
 from gateway.routes import Route, host_without_port
 from gateway.upstream import Pool, UpstreamFailure, authority
@@ -43,6 +44,7 @@ from gateway.webhooks import verify as verify_webhook
 log = logging.getLogger("clerk_gateway")
 
 _CACHED = 4096  # targets and cookie headers remembered per policy
+Decided = Callable[["Exchange", "Runtime", Located, "Verified | Reason | None", bool], None]
 _DEFAULT_LABEL = ("default", '"default"')
 
 
@@ -98,18 +100,18 @@ class Runtime:
         self._located: dict[tuple[bytes, bytes, bytes], Located | Reason] = {}
         self._cookies: dict[bytes, Extracted] = {}
 
-    def locate(self, ex: Exchange) -> Located | Reason:
+    def locate(self, method: bytes, host: bytes, url: bytes) -> Located | Reason:
         """`decide.locate`, remembered per (method, host, target)."""
-        key = (ex.method, ex.host, ex.url)
+        key = (method, host, url)
         found = self._located.get(key)
         if found is None:
-            host = host_without_port(ex.host.decode("latin-1"))
-            target = ex.url.decode("utf-8", "surrogateescape")
-            found = locate(self.policy, ex.method.decode("latin-1"), host, target)
+            host_name = host_without_port(host.decode("latin-1"))
+            target = url.decode("utf-8", "surrogateescape")
+            found = locate(self.policy, method.decode("latin-1"), host_name, target)
             if isinstance(found, Located):
                 route = found.route
                 label = self.labels[route.index] if route is not None else _DEFAULT_LABEL
-                found.engine = Forwarding(found, self.policy, ex.url, label)
+                found.engine = Forwarding(found, self.policy, url, label)
             if len(self._located) < _CACHED:
                 self._located[key] = found
         return found
@@ -152,9 +154,11 @@ class Gateway:
         *,
         env: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
+        mode: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.env = env
+        self.mode_override = mode  # the command line's --mode, over the file's `mode:`
         self.metrics = metrics or Metrics()
         self.access_log = AccessLog()
         self._pool: Pool | None = None
@@ -176,9 +180,11 @@ class Gateway:
 
     async def start(self) -> None:
         """Load the policy (raising ValueError with every problem when invalid) and keys."""
-        result = load_policy(self.config_path, for_run=True, env=self.env)
+        result = load_policy(self.config_path, for_run=True, env=self.env, mode=self.mode_override)
         if result.policy is None:
             raise ValueError("\n".join(str(p) for p in result.errors))
+        if result.policy.mode == FORWARD_AUTH:
+            self.handle = self.handle_forward_auth  # type: ignore[method-assign]
         for warning in result.warnings:
             log.warning("policy warning", extra={"problem": str(warning)})
         self._file_state = self._stat()
@@ -236,8 +242,18 @@ class Gateway:
     async def reload(self) -> bool:
         """Validate the file and swap atomically; an invalid file keeps the running policy."""
         async with self._reload_lock:
-            result = load_policy(self.config_path, for_run=True, env=self.env)
+            result = load_policy(
+                self.config_path, for_run=True, env=self.env, mode=self.mode_override
+            )
             self._file_state = self._stat()
+            if result.policy is not None and result.policy.mode != self.runtime.policy.mode:
+                self.metrics.count_reload(False)
+                log.error(
+                    "policy reload rejected: `mode` changes what the listener answers; "
+                    "restart the gateway to change it",
+                    extra={"running": self.runtime.policy.mode, "new": result.policy.mode},
+                )
+                return False
             if result.policy is None:
                 self.metrics.count_reload(False)
                 log.error(
@@ -306,7 +322,28 @@ class Gateway:
         task (a key fetch, a webhook body)."""
         rt = self._runtime
         assert rt is not None
-        located = rt.locate(ex)
+        return self._authorize(ex, rt, rt.locate(ex.method, ex.host, ex.url), self._decided)
+
+    def handle_forward_auth(self, ex: Exchange) -> Continuation | None:
+        """Forward-auth mode: decide the request a trusted proxy describes, and answer."""
+        rt = self._runtime
+        assert rt is not None
+        if not ex.conn.trusted:
+            self._deny(ex, rt, Reason.PROXY_UNTRUSTED)
+            return None
+        original = original_request(ex.headers)
+        if not isinstance(original, Original):
+            self._deny(ex, rt, original)
+            return None
+        ex.original = original
+        located = rt.locate(original.method, original.host, original.target)
+        return self._authorize(ex, rt, located, self._answered)
+
+    def _authorize(
+        self, ex: Exchange, rt: Runtime, located: Located | Reason, then: Decided
+    ) -> Continuation | None:
+        """The one sequence both modes run: locate, the credentials, verification (cached,
+        else with held keys, else in a task for a key fetch), then `then` decides."""
         if not isinstance(located, Located):
             self._deny(ex, rt, located)
             return None
@@ -318,6 +355,9 @@ class Gateway:
             self._deny(ex, rt, Reason.ROUTE_DENIED)
             return None
         if located.access is Access.WEBHOOK:
+            if ex.original is not None:  # forward-auth: `check` refuses such a policy
+                self._deny(ex, rt, Reason.ROUTE_DENIED)
+                return None
             return partial(self._webhook, ex, rt, located)
         auth = ex.authorization
         if auth is None:
@@ -329,21 +369,49 @@ class Gateway:
         if token is None and ex.cookie is not None:
             token = rt.from_cookie(ex.cookie).token
         if token is None:
-            self._decided(ex, rt, located, None, False)
+            then(ex, rt, located, None, False)
             return None
         verifier = rt.verifier
         outcome = verifier.cached(token)
         if outcome is None:
             outcome = verifier.verify_now(token)
             if outcome is None:
-                return partial(self._verify_then_decide, ex, rt, located, token)
-        self._decided(ex, rt, located, outcome, True)
+                return partial(self._verify_then, ex, rt, located, token, then)
+        then(ex, rt, located, outcome, True)
         return None
 
-    async def _verify_then_decide(
-        self, ex: Exchange, rt: Runtime, located: Located, token: str
+    async def _verify_then(
+        self, ex: Exchange, rt: Runtime, located: Located, token: str, then: Decided
     ) -> None:
-        self._decided(ex, rt, located, await rt.verifier.verify(token), True)
+        then(ex, rt, located, await rt.verifier.verify(token), True)
+
+    def _decision(self, located: Located, outcome: Verified | Reason | None) -> Decision:
+        if outcome.__class__ is Verified:
+            assert isinstance(outcome, Verified)
+            # a session asks for the same target again and again: its decision is remembered
+            last = outcome.last
+            decision: Decision
+            if last is not None and last[0] is located:
+                decision = last[1]
+            else:
+                decision = decide(located, outcome.principal)
+                outcome.last = (located, decision)
+            return decision
+        return decide(located, outcome)  # type: ignore[arg-type]
+
+    def _identity(
+        self, rt: Runtime, outcome: Verified | Reason | None, decision: Decision
+    ) -> bytes:
+        """The identity header block for an allowed decision, built once per token."""
+        principal = decision.principal
+        if principal is None:
+            return b""
+        assert isinstance(outcome, Verified)
+        identity: bytes | None = outcome.identity
+        if identity is None or outcome.identity_for is not rt:
+            identity = header_block(identity_values(principal, rt.policy.identity_headers))
+            outcome.identity, outcome.identity_for = identity, rt
+        return identity
 
     def _decided(
         self,
@@ -353,31 +421,32 @@ class Gateway:
         outcome: Verified | Reason | None,
         token_given: bool,
     ) -> None:
-        if outcome.__class__ is Verified:
-            assert isinstance(outcome, Verified)
-            # a session asks for the same target again and again: its decision is remembered
-            last = outcome.last
-            if last is not None and last[0] is located:
-                decision = last[1]
-            else:
-                decision = decide(located, outcome.principal)
-                outcome.last = (located, decision)
-        else:
-            decision = decide(located, outcome)  # type: ignore[arg-type]
-        principal = decision.principal
-        if principal is not None:
-            ex.user_id = principal.user_id
+        """Proxy mode: forward an allowed request, answer a denied one."""
+        decision = self._decision(located, outcome)
+        if decision.principal is not None:
+            ex.user_id = decision.principal.user_id
         if not decision.allowed:
             self._deny_decision(ex, rt, decision, token_given)
             return
-        identity = b""
-        if principal is not None:
-            assert isinstance(outcome, Verified)
-            identity = outcome.identity
-            if identity is None or outcome.identity_for is not rt:
-                identity = header_block(identity_values(principal, rt.policy.identity_headers))
-                outcome.identity, outcome.identity_for = identity, rt
-        self._forward(ex, located, identity)
+        self._forward(ex, located, self._identity(rt, outcome, decision))
+
+    def _answered(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        outcome: Verified | Reason | None,
+        token_given: bool,
+    ) -> None:
+        """Forward-auth mode: 200 with the identity headers, or the denial."""
+        decision = self._decision(located, outcome)
+        if decision.principal is not None:
+            ex.user_id = decision.principal.user_id
+        if not decision.allowed:
+            self._deny_decision(ex, rt, decision, token_given)
+            return
+        ex.decision = "allow"
+        ex.reply(allowed(self._identity(rt, outcome, decision), ex.keep_alive), 200)
 
     def _forward(
         self, ex: Exchange, located: Located, identity: bytes, body: bytes | None = None
@@ -411,14 +480,16 @@ class Gateway:
         policy = rt.policy
         navigation = False
         original = ""
+        forward_auth: Original | None = ex.original
         if status_of(reason) in (401, 403):
+            method = forward_auth.method if forward_auth is not None else ex.method
             navigation = is_navigation(
-                ex.method.decode("latin-1"),
+                method.decode("latin-1"),
                 _text(ex.header(b"sec-fetch-dest")),
                 _text(ex.header(b"accept")),
             )
             if navigation and ex.path is not None:
-                original = self._original_url(ex)
+                original = forward_auth.url if forward_auth is not None else self._original_url(ex)
         plan = denial(
             reason,
             navigation=navigation,
@@ -426,13 +497,26 @@ class Gateway:
             unauthorized_url=policy.unauthorized_url,
             original_url=original,
         )
-        self._answer(ex, plan, token_given=token_given)
+        extra: tuple[bytes, ...] = ()
+        if forward_auth is not None and forward_auth.nginx:
+            plan, extra = for_nginx(plan)
+        self._answer(ex, plan, token_given=token_given, extra=extra)
 
-    def _answer(self, ex: Exchange, plan: Denial, *, token_given: bool = False) -> None:
+    def _answer(
+        self,
+        ex: Exchange,
+        plan: Denial,
+        *,
+        token_given: bool = False,
+        extra: tuple[bytes, ...] = (),
+    ) -> None:
         ex.reason, ex.decision = plan.reason, plan.kind
+        if extra:
+            ex.decision = "redirect"  # the nginx form of a redirect
         if not ex.body_complete:
             ex.keep_alive = False  # an unread body cannot be skipped safely: close after
-        ex.reply(render(plan, keep_alive=ex.keep_alive, token_given=token_given), plan.status)
+        response = render(plan, keep_alive=ex.keep_alive, token_given=token_given, extra=extra)
+        ex.reply(response, plan.status)
 
     def _original_url(self, ex: Exchange) -> str:
         """The URL the client asked for, for `redirect_url`: from the connection, or from

@@ -28,6 +28,9 @@ from gateway.clerk.keys import (
 from gateway.decision import Access
 from gateway.model import (
     DEFAULT_API_URL,
+    FORWARD_AUTH,
+    MODES,
+    PROXY,
     ClerkSettings,
     IdentityHeaders,
     IPNetwork,
@@ -71,23 +74,33 @@ class LoadResult:
 
 
 def load_policy(
-    path: str | os.PathLike[str], *, for_run: bool, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    for_run: bool,
+    env: Mapping[str, str] | None = None,
+    mode: str | None = None,
 ) -> LoadResult:
-    """Read and validate a policy file. `for_run`: unset environment values are errors."""
+    """Read and validate a policy file. `for_run`: unset environment values are errors.
+    `mode` (the command line's `--mode`) overrides the file's `mode:`."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return LoadResult(None, (Problem(name, 1, "", f"cannot read policy: {reason}"),))
-    return parse_policy(text, name, for_run=for_run, env=env)
+    return parse_policy(text, name, for_run=for_run, env=env, mode=mode)
 
 
 def parse_policy(
-    text: str, file: str, *, for_run: bool, env: Mapping[str, str] | None = None
+    text: str,
+    file: str,
+    *,
+    for_run: bool,
+    env: Mapping[str, str] | None = None,
+    mode: str | None = None,
 ) -> LoadResult:
     doc = parse(text, file, env)
-    reader = _Reader(doc, for_run)
+    reader = _Reader(doc, for_run, mode)
     policy = reader.policy() if doc.value is not None or not doc.problems else None
     problems = sorted([*doc.problems, *reader.problems], key=lambda p: (p.line, p.path))
     if any(p.severity is Severity.ERROR for p in problems):
@@ -99,6 +112,7 @@ def parse_policy(
 
 
 _TOP_KEYS = (
+    "mode",
     "clerk",
     "webhooks",
     "upstream",
@@ -149,10 +163,16 @@ class _Reader(Reader):
 
     webhook_secrets_source: Any = None  # `webhooks.secrets` as written, or its default
 
+    def __init__(self, doc: Any, for_run: bool, mode: str | None = None) -> None:
+        super().__init__(doc, for_run)
+        self.mode_override = mode
+        self.mode = PROXY
+
     # ---- the policy -------------------------------------------------------------------------
 
     def policy(self) -> Policy | None:
         root = self.mapping("", self.doc.value, _TOP_KEYS)
+        self.mode = self.mode_override or self.choice("mode", root.get("mode"), MODES, PROXY)
         clerk = self.clerk(root.get("clerk"))
         webhooks = self.webhooks(root.get("webhooks"))
         upstreams = self.upstreams(root.get("upstream"), root.get("upstreams"))
@@ -189,6 +209,7 @@ class _Reader(Reader):
             strip_headers=self.header_names("strip_headers", root.get("strip_headers")),
             limits=self.limits(root.get("limits")),
             identity_headers=self.identity_headers(root.get("identity_headers")),
+            mode=self.mode,
         )
         self.lints(routes)
         return policy
@@ -305,7 +326,8 @@ class _Reader(Reader):
     def upstreams(self, default: Any, named: Any) -> dict[str, Upstream]:
         out: dict[str, Upstream] = {}
         if default is None:
-            self.error("upstream", "required: the URL (or mapping) of the default upstream")
+            if self.mode != FORWARD_AUTH:  # there the ingress proxies; the gateway only answers
+                self.error("upstream", "required: the URL (or mapping) of the default upstream")
         else:
             parsed = self.upstream("upstream", "default", default)
             if parsed is not None:
@@ -594,6 +616,20 @@ class _Reader(Reader):
             else:
                 self.error("clerk.jwks_url", message)
         webhook_routes = [r for r in routes if r.access is Access.WEBHOOK]
+        if self.mode == FORWARD_AUTH:
+            for route in webhook_routes:
+                self.error(
+                    f"routes[{route.index}].access",
+                    "a webhook route needs the request body, which an ingress does not send to "
+                    "a forward-auth endpoint: serve webhooks from a gateway in proxy mode",
+                )
+            if not root.get("trusted_proxies"):
+                self.warn(
+                    "trusted_proxies",
+                    "forward-auth mode believes X-Forwarded-*/X-Original-* only from trusted "
+                    "proxies: list your ingress's addresses, or every check is refused (400)",
+                )
+            webhook_routes = []
         if webhook_routes and not webhooks.secrets:
             value = self.webhook_secrets_source
             first = f"routes[{webhook_routes[0].index}]"

@@ -28,6 +28,7 @@ class Reason(enum.StrEnum):
     REQUEST_LINE_TOO_LONG = "request-line-too-long"
     REQUEST_HEAD_TIMEOUT = "request-head-timeout"
     REQUEST_BODY_TIMEOUT = "request-body-timeout"
+    PROXY_UNTRUSTED = "proxy-untrusted"  # forward-auth asked by an address not trusted
     # session (Clerk's names)
     SESSION_TOKEN_MISSING = "session-token-missing"
     SESSION_PENDING = "session-pending"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +19,7 @@ from gateway.clerk.verifier import options_for
 from gateway.decide import Outcome, decide, locate
 from gateway.decision import Access, Decision, Principal, Reason
 from gateway.identity import identity_values
-from gateway.model import Policy
+from gateway.model import FORWARD_AUTH, PROXY, Policy
 from gateway.paths import normalise_target
 from gateway.responses import denial, is_navigation
 from gateway.routes import Route, host_without_port
@@ -39,6 +39,7 @@ class Explanation:
     headers: tuple[tuple[str, str], ...]
     identity: str  # how the identity was given, for the text output
     note: str | None = None
+    mode: str = PROXY
 
     def as_json(self) -> dict[str, Any]:
         route = (
@@ -67,6 +68,7 @@ class Explanation:
             "location": self.location,
             "headers": dict(self.headers),
             "signature_checked": False,
+            "mode": self.mode,
         }
 
     def as_text(self) -> str:
@@ -96,6 +98,12 @@ class Explanation:
             lines.append("forwarded identity headers: none")
         if self.note:
             lines.append(f"note:      {self.note}")
+        if self.mode == FORWARD_AUTH:
+            lines.append(
+                "mode:      forward-auth: this is the answer to the ingress's check "
+                "(200 with the identity headers when allowed; behind nginx auth_request a "
+                "redirect is 401/403 with X-Clerk-Redirect)"
+            )
         lines.append("signature: not checked (explain never verifies signatures)")
         return "\n".join(lines)
 
@@ -108,6 +116,20 @@ def explain(
     claims: Mapping[str, Any] | None = None,
     token: str | None = None,
     headers: Mapping[str, str] | None = None,
+    now_ms: float,
+) -> Explanation:
+    """How the policy decides one request, in the policy's mode."""
+    found = _explain(policy, method, url, claims, token, headers, now_ms)
+    return replace(found, mode=policy.mode)
+
+
+def _explain(
+    policy: Policy,
+    method: str,
+    url: str,
+    claims: Mapping[str, Any] | None,
+    token: str | None,
+    headers: Mapping[str, str] | None,
     now_ms: float,
 ) -> Explanation:
     method = method.upper()

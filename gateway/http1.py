@@ -130,6 +130,7 @@ class Exchange:
     upstream_status: int | None = None
     upstream_s: float | None = None
     note: Any = None  # anything else a handler wants to log (webhook id and type, ...)
+    original: Any = None  # forward-auth: the request the proxy asks about
 
     def __init__(
         self,

@@ -16,6 +16,9 @@ from gateway.routes import Route, RouteTable
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_API_URL = "https://api.clerk.com"
+PROXY = "proxy"  # the gateway forwards allowed requests itself
+FORWARD_AUTH = "forward-auth"  # another proxy asks, the gateway answers
+MODES = (PROXY, FORWARD_AUTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     identity_headers: IdentityHeaders = field(default_factory=IdentityHeaders)
     digest: str = ""  # of the file's text: names the running policy in logs
+    mode: str = PROXY
 
     def upstream_for(self, route: Route | None) -> Upstream:
         return self.upstreams[route.upstream if route is not None else "default"]

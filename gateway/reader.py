@@ -78,6 +78,15 @@ class Reader:
             return default
         return value
 
+    def choice(self, path: str, value: Any, choices: Collection[str], default: str) -> str:
+        if value is None:
+            return default
+        if not isinstance(value, str) or value not in choices:
+            options = ", ".join(choices)
+            self.error(path, f"must be one of {options}, got {kind_of(value)}")
+            return default
+        return value
+
     def number(self, path: str, value: Any, default: float, *, minimum: float = 0) -> float:
         if value is None:
             return default

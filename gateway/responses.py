@@ -16,6 +16,7 @@ from gateway.decision import Reason
 _STATUS: dict[Reason, int] = {
     Reason.PATH_AMBIGUOUS: 400,
     Reason.REQUEST_MALFORMED: 400,
+    Reason.PROXY_UNTRUSTED: 400,
     Reason.WEBHOOK_IN_PROGRESS: 409,
     Reason.REQUEST_HEADER_TOO_LARGE: 431,
     Reason.REQUEST_LINE_TOO_LONG: 414,

@@ -56,7 +56,12 @@ async def start(
     *,
     drain_timeout_s: float = 30.0,
     reuse_port: bool = False,
+    mode: str | None = None,
 ) -> Listeners:
+    """Load the policy, start both listeners. `mode` ("proxy", "forward-auth") overrides
+    the policy's `mode:`."""
+    if mode is not None:
+        gateway.mode_override = mode
     await gateway.start()
     loop = asyncio.get_running_loop()
     tracker = ConnectionTracker(on_refused=gateway.refused, max_connections=raise_fd_limit())
@@ -108,7 +113,7 @@ async def run_until_stopped(
 ) -> int:
     """Serve until SIGTERM. `siblings`: with --workers N, whether all N are running (a
     worker answers /readyz 503 while the supervisor restarts a dead sibling)."""
-    gateway = Gateway(settings.config)
+    gateway = Gateway(settings.config, mode=settings.mode)
     if siblings is not None:
         gateway.readiness_checks.append(
             lambda: (True, "ready") if siblings() else (False, "workers-missing")

@@ -26,6 +26,7 @@ class Settings:
     workers: int = 1
     drain_timeout_s: float = 30.0
     watch_interval_s: float = 2.0
+    mode: str | None = None  # --mode: over the policy's `mode:`
 
 
 def parse_address(text: str) -> Address:

@@ -26,10 +26,6 @@ SCENARIOS = sorted(
     p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml")
 )
 SECRET_KEYS = ("secretKey", "jwtKey", "webhookSecret")
-FORWARD_AUTH_PARSE = (
-    "the gateway on this branch does not know `mode: forward-auth` yet (issue 14, "
-    "'Forward-auth mode'); the main branch enables this parse assertion"
-)
 PUBLISHABLE = "pk_test_ZXhhbXBsZS5hY2NvdW50cy5kZXYk"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -246,10 +242,11 @@ def test_no_secret_value_in_any_configmap(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_policy_in_the_configmap_passes_check(scenario: str) -> None:
     docs = render(values(scenario))
-    if values(scenario)["mode"] == "forward-auth":
-        pytest.skip(FORWARD_AUTH_PARSE)
     result = parse_policy(policy_text(docs), "routes.yaml", for_run=False, env={})
     assert result.errors == (), result.errors
+    assert result.policy is not None
+    expected = "forward-auth" if values(scenario)["mode"] == "forward-auth" else "proxy"
+    assert result.policy.mode == expected  # the chart's sidecar/standalone both proxy
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -266,8 +263,6 @@ def test_policy_loads_for_run_with_the_pods_environment(scenario: str) -> None:
             "webhook-secret": WEBHOOK_SECRET,
         },
     )
-    if values(scenario)["mode"] == "forward-auth":
-        pytest.skip(FORWARD_AUTH_PARSE)
     result = parse_policy(policy_text(docs), "routes.yaml", for_run=True, env=env)
     assert result.problems == (), [str(p) for p in result.problems]
 

@@ -387,3 +387,50 @@ NOT_SHADOWED = [
 def test_no_false_shadow_warnings(description: str, extra: str) -> None:
     result = load(BASE + extra)
     assert result.warnings == (), description
+
+
+FORWARD_AUTH = (
+    "mode: forward-auth\n"
+    "clerk:\n  jwks_url: https://clerk.example.com/.well-known/jwks.json\n"
+    "trusted_proxies: [10.0.0.0/8]\n"
+    "routes:\n  - {path: /public/**, access: public}\n"
+)
+
+
+def test_forward_auth_needs_no_upstream() -> None:
+    result = parse_policy(FORWARD_AUTH, "p.yaml", for_run=True, env={})
+    assert result.problems == ()
+    assert result.policy is not None
+    assert result.policy.mode == "forward-auth"
+    assert parse_policy(
+        FORWARD_AUTH.replace("mode: forward-auth\n", ""), "p.yaml", for_run=True, env={}
+    ).errors
+
+
+def test_forward_auth_refuses_webhook_routes() -> None:
+    text = (
+        FORWARD_AUTH
+        + "  - {path: /hooks, access: webhook}\nwebhooks:\n  secrets: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"
+    )
+    [error] = [str(p) for p in parse_policy(text, "p.yaml", for_run=False, env={}).errors]
+    assert "routes[1].access: a webhook route needs the request body" in error
+
+
+def test_forward_auth_without_trusted_proxies_warns() -> None:
+    text = FORWARD_AUTH.replace("trusted_proxies: [10.0.0.0/8]\n", "")
+    result = parse_policy(text, "p.yaml", for_run=False, env={})
+    assert result.errors == ()
+    assert any("trusted_proxies" in str(p) and "forward-auth" in str(p) for p in result.warnings)
+
+
+def test_the_command_line_mode_overrides_the_file() -> None:
+    text = FORWARD_AUTH.replace("mode: forward-auth\n", "") + "upstream: http://127.0.0.1:3000\n"
+    result = parse_policy(text, "p.yaml", for_run=False, env={}, mode="forward-auth")
+    assert result.policy is not None
+    assert result.policy.mode == "forward-auth"
+
+
+def test_an_unknown_mode_is_an_error() -> None:
+    text = FORWARD_AUTH.replace("mode: forward-auth", "mode: sidecar")
+    errors = [str(p) for p in parse_policy(text, "p.yaml", for_run=False, env={}).errors]
+    assert "p.yaml:1: mode: must be one of proxy, forward-auth, got a string ('sidecar')" in errors
