@@ -13,126 +13,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from gateway.accesslog import AccessLog
+from gateway.browser import (
+    auth_headers,
+    fetch_facts,
+    navigation,
+    original_url,
+    own_origin,
+    set_cookies,
+)
+from gateway.clerk.backend import TIMEOUT_S, BackendAPI
+from gateway.clerk.handshake import (
+    Cookies,
+    Handshake,
+    Instance,
+    Navigation,
+    Resolve,
+    SignedOut,
+    Verify,
+    after_verification,
+    before_verification,
+    clean_url,
+    clearing,
+    directives,
+    handshake_url,
+    redirect_count_cookie,
+    signed_out,
+)
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
-from gateway.clerk.tokens import Extracted, extract, token_from_authorization
-from gateway.clerk.verifier import SessionVerifier, Verified
+from gateway.clerk.tokens import decode, token_from_authorization, verify_signed
+from gateway.clerk.verifier import Verified
 from gateway.config import load_policy
-from gateway.decide import Located, decide, locate
-from gateway.decision import Access, Decision, Reason
+from gateway.decide import STATE_CHANGING, Located, Outcome, cross_site, decide
+from gateway.decision import Access, Decision, Principal, Reason
 from gateway.forwardauth import Original, allowed, for_nginx, original_request
-from gateway.headers import HeaderRules, forwarded_lines, upstream_head
+from gateway.headers import replace_cookie, upstream_head
 from gateway.http1 import Continuation, Exchange
 from gateway.identity import header_block, identity_values
 from gateway.metrics import Metrics
-from gateway.model import FORWARD_AUTH, ClerkSettings, Policy, Upstream
+from gateway.model import FORWARD_AUTH, ClerkSettings, Upstream
 from gateway.responses import Denial, denial, is_navigation, render, status_of
-from gateway.routes import Route, host_without_port
-from gateway.upstream import Pool, UpstreamFailure, authority
-from gateway.webhooks import DeliveryRecord, event_type, read_headers, secret_bytes
+from gateway.runtime import DEFAULT_LABEL, Forwarding, Runtime
+from gateway.upstream import Pool, UpstreamFailure
+from gateway.webhooks import DeliveryRecord, event_type, read_headers
 from gateway.webhooks import verify as verify_webhook
 
 log = logging.getLogger("clerk_gateway")
 
-_CACHED = 4096  # targets and cookie headers remembered per policy
-Decided = Callable[["Exchange", "Runtime", Located, "Verified | Reason | None", bool], None]
-_DEFAULT_LABEL = ("default", '"default"')
-
-
-class Forwarding:
-    """What a located target means for the proxy, derived once per target and policy:
-    the log label, the upstream, and the request target and Host it receives."""
-
-    __slots__ = ("host", "label", "path", "target", "upstream")
-
-    def __init__(
-        self, located: Located, policy: Policy, url: bytes, label: tuple[str, str]
-    ) -> None:
-        route = located.route
-        upstream = policy.upstreams[route.upstream if route is not None else "default"]
-        self.upstream = upstream
-        self.label = label
-        self.path = located.target.path
-        # the normalised path after the upstream's base, and the query exactly as received
-        _, mark, query = url.partition(b"?")
-        self.target = (
-            upstream.base_path.encode("ascii")
-            + located.target.path.encode("ascii")
-            + (mark + query if mark else b"")
-        )
-        self.host = None if upstream.preserve_host else authority(upstream).encode("ascii")
-
-
-class Runtime:
-    """Everything derived from one policy; swapped atomically on reload."""
-
-    def __init__(self, policy: Policy, keys: KeyCache, deliveries: DeliveryRecord) -> None:
-        self.policy = policy
-        self.verifier = SessionVerifier(policy.clerk, keys, policy.role_claim)
-        self.rules = HeaderRules(policy.identity_headers.names(), policy.strip_headers)
-        self.webhook_secrets = tuple(secret_bytes(s) for s in policy.webhooks.secrets)
-        self.deliveries = deliveries
-        self.labels: dict[int, tuple[str, str]] = {
-            r.index: (r.label, json.dumps(r.label)) for r in policy.routes
-        }
-        self.default_label = ("default", '"default"')
-        networks = policy.trusted_proxies
-
-        def trust(client_ip: str) -> bool:
-            if not networks or not client_ip:
-                return False
-            try:
-                ip = ipaddress.ip_address(client_ip)
-            except ValueError:
-                return False
-            return any(ip in net for net in networks)
-
-        self.trust = trust  # a new function per policy: connections re-check on reload
-        self._located: dict[tuple[bytes, bytes, bytes], Located | Reason] = {}
-        self._cookies: dict[bytes, Extracted] = {}
-
-    def locate(self, method: bytes, host: bytes, url: bytes) -> Located | Reason:
-        """`decide.locate`, remembered per (method, host, target)."""
-        key = (method, host, url)
-        found = self._located.get(key)
-        if found is None:
-            host_name = host_without_port(host.decode("latin-1"))
-            target = url.decode("utf-8", "surrogateescape")
-            found = locate(self.policy, method.decode("latin-1"), host_name, target)
-            if isinstance(found, Located):
-                route = found.route
-                label = self.labels[route.index] if route is not None else _DEFAULT_LABEL
-                found.engine = Forwarding(found, self.policy, url, label)
-            if len(self._located) < _CACHED:
-                self._located[key] = found
-        return found
-
-    def from_cookie(self, cookie: bytes) -> Extracted:
-        """This instance's session cookie (Clerk's rules), remembered per Cookie header."""
-        found = self._cookies.get(cookie)
-        if found is None:
-            found = extract(
-                None,
-                parse_cookies(cookie.decode("latin-1")),
-                self.policy.clerk.publishable_key,
-                time.time(),
-                self.verifier.peek,
-            )
-            if len(self._cookies) < _CACHED:
-                self._cookies[cookie] = found
-        return found
-
-    def label(self, route: Route | None) -> tuple[str, str]:
-        return self.labels[route.index] if route is not None else self.default_label
+Decided = Callable[..., None]
 
 
 def _key_source(settings: ClerkSettings) -> tuple[object, ...]:
@@ -169,6 +106,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.readiness_checks: list[Callable[[], tuple[bool, str]]] = []
         self.on_reload: list[Callable[[Runtime], None]] = []
+        self._retired: set[BackendAPI] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> Pool:
@@ -204,6 +143,10 @@ class Gateway:
             await self.keys.close()
         if self._pool is not None:
             self._pool.close()
+        for task in self._background:
+            task.cancel()
+        for backend in (*self._retired, *([self._runtime.backend] if self._runtime else [])):
+            await backend.close()
         self.access_log.flush()
 
     def _key_stats(self) -> KeyCacheStats:
@@ -282,7 +225,9 @@ class Gateway:
             deliveries = (
                 old.deliveries if same_window else DeliveryRecord(result.policy.webhooks.remember_s)
             )
-            self._install(Runtime(result.policy, keys, deliveries))
+            self._install(Runtime(result.policy, keys, deliveries, old.backend))
+            if self.runtime.backend is not old.backend:
+                self._retire_backend(old.backend)
             if keys is not self.keys:
                 previous, self.keys = self.keys, keys
                 if previous is not None:
@@ -294,6 +239,20 @@ class Gateway:
                 extra={"policy": result.policy.digest, "routes": len(result.policy.routes)},
             )
             return True
+
+    def _retire_backend(self, backend: BackendAPI) -> None:
+        """Close a replaced Backend API client once the requests already resolving a
+        handshake with it are done (its calls are bounded by TIMEOUT_S)."""
+        self._retired.add(backend)
+
+        async def later() -> None:
+            await asyncio.sleep(TIMEOUT_S + 1)
+            self._retired.discard(backend)
+            await backend.close()
+
+        task = asyncio.create_task(later(), name="backend-retire")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _stat(self) -> tuple[float, int] | None:
         try:
@@ -366,8 +325,11 @@ class Gateway:
             token = auth[7:].strip().decode("latin-1") or None
         else:
             token = token_from_authorization(auth.decode("latin-1"))
-        if token is None and ex.cookie is not None:
-            token = rt.from_cookie(ex.cookie).token
+        if token is None:
+            if rt.instance is not None:
+                return self._browser(ex, rt, located, then)  # Clerk's cookie path
+            if ex.cookie is not None:
+                token = rt.from_cookie(ex.cookie).token
         if token is None:
             then(ex, rt, located, None, False)
             return None
@@ -385,8 +347,182 @@ class Gateway:
     ) -> None:
         then(ex, rt, located, await rt.verifier.verify(token), True)
 
-    def _decision(self, located: Located, outcome: Verified | Reason | None) -> Decision:
-        if outcome.__class__ is Verified:
+    # ---- browser sessions: Clerk's cookie path and handshake --------------------------------
+
+    def _browser(
+        self, ex: Exchange, rt: Runtime, located: Located, then: Decided
+    ) -> Continuation | None:
+        """A request without an Authorization token, by Clerk's cookie rules: a handshake
+        coming back is resolved, one that is needed is started, and a session cookie is
+        verified (cached, else with held keys, else in a task)."""
+        instance = rt.instance
+        assert instance is not None
+        cookies = rt.cookies(ex.cookie)
+        ex.browser = cookies
+        request = navigation(ex)
+        forwarding: Forwarding = located.engine
+        step = before_verification(cookies, forwarding.query, request, instance, rt.verifier.peek)
+        if isinstance(step, Resolve):
+            return partial(self._resolve, ex, rt, located, step, cookies, request, then)
+        cross = False
+        if cookies.token is not None and request.method in STATE_CHANGING:
+            fetch_site, origin = fetch_facts(ex)
+            cross = cross_site(
+                request.method,
+                fetch_site,
+                origin,
+                own_origin(request.url),
+                rt.policy.clerk.authorized_parties,
+            )
+        if not isinstance(step, Verify):
+            then(ex, rt, located, step, False, cross, request)
+            return None
+        verifier = rt.verifier
+        outcome = verifier.cached(step.token)
+        if outcome is None:
+            outcome = verifier.verify_now(step.token)
+            if outcome is None:
+                return partial(
+                    self._verify_browser, ex, rt, located, step.token, cookies, request, cross, then
+                )
+        then(
+            ex, rt, located, self._after(outcome, cookies, request, instance), True, cross, request
+        )
+        return None
+
+    async def _verify_browser(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        token: str,
+        cookies: Cookies,
+        request: Navigation,
+        cross: bool,
+        then: Decided,
+    ) -> None:
+        outcome = await rt.verifier.verify(token)
+        assert rt.instance is not None
+        then(
+            ex,
+            rt,
+            located,
+            self._after(outcome, cookies, request, rt.instance),
+            True,
+            cross,
+            request,
+        )
+
+    @staticmethod
+    def _after(
+        outcome: Verified | Reason, cookies: Cookies, request: Navigation, instance: Instance
+    ) -> Verified | Handshake | SignedOut:
+        """The verification outcome in Clerk's terms; a session stays a Verified entry (its
+        identity block and decision are remembered on it)."""
+        principal = outcome.principal if isinstance(outcome, Verified) else outcome
+        after = after_verification(principal, cookies, request, instance)
+        if isinstance(after, Principal):
+            assert isinstance(outcome, Verified)
+            return outcome
+        return after
+
+    async def _resolve(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        step: Resolve,
+        cookies: Cookies,
+        request: Navigation,
+        then: Decided,
+    ) -> None:
+        """A handshake came back: fetch (nonce) or verify (token) its payload, set Clerk's
+        cookies from it and send the browser on to the same URL without the handshake's
+        parameters; a failure is logged, counted and taken as signed out."""
+        payload: list[Any] | None = None
+        if step.nonce is not None:
+            payload = await rt.backend.handshake_payload(step.nonce)
+        elif step.token is not None:
+            payload = await self._handshake_token(rt, step.token)
+        clean = clean_url(request.url)
+        cleared = clearing(cookies)
+        if payload is None:
+            self.metrics.count_handshake("failed")
+            log.warning(
+                "handshake not resolved; treated as signed out",
+                extra={"format": "nonce" if step.nonce else "token", "path": ex.path},
+            )
+            if located.access in (Access.PROTECTED, Access.ADMIN):
+                failed = signed_out(Reason.HANDSHAKE_FAILED, Reason.SESSION_TOKEN_MISSING)
+                clean_request = replace(request, url=clean)
+                then(ex, rt, located, failed, False, False, clean_request, set_cookies(cleared))
+                return
+            self._redirect(ex, clean, Reason.HANDSHAKE_FAILED, set_cookies(cleared))
+            return
+        self.metrics.count_handshake("resolved")
+        cookies_out = directives(payload) + cleared
+        self._redirect(ex, clean, None, set_cookies(cookies_out))
+
+    async def _handshake_token(self, rt: Runtime, token: str) -> list[Any] | None:
+        """A `__clerk_handshake` JWT: the instance's keys, no time checks (as Clerk)."""
+        keys = rt.verifier.keys
+        decoded = verify_signed(token, keys.keyset())
+        if decoded is Reason.JWK_KID_MISMATCH:
+            found = decode(token)
+            if not isinstance(found, Reason) and keys.may_fetch(found.kid):
+                await keys.resolve(found.kid)
+                decoded = verify_signed(token, keys.keyset())
+        if isinstance(decoded, Reason):
+            return None
+        payload = decoded.claims.get("handshake")
+        return payload if isinstance(payload, list) else None
+
+    def _redirect(
+        self, ex: Exchange, location: str, reason: Reason | None, extra: tuple[bytes, ...]
+    ) -> None:
+        """307 to `location` (the clean URL after a handshake), with cookies to set."""
+        plan = Denial(307, reason or Reason.DEV_BROWSER_SYNC, location)
+        forward_auth: Any = ex.original
+        if forward_auth is not None and forward_auth.nginx:
+            plan, more = for_nginx(plan)
+            extra = (*more, *extra)
+        self._answer(ex, plan, extra=extra)
+        ex.reason = reason  # a resolved handshake is no denial: no reason in logs or metrics
+        ex.decision = "handshake"
+
+    def _handshake(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        handshake: Handshake,
+        request: Navigation | None,
+    ) -> None:
+        """Send the browser through Clerk's frontend API (or to a dev sync's location)."""
+        cookies: Cookies = ex.browser
+        assert rt.instance is not None
+        assert request is not None
+        forwarding: Forwarding = located.engine
+        location = handshake.location or handshake_url(
+            rt.instance, handshake.reason, request, cookies, forwarding.query
+        )
+        extra = (
+            *auth_headers("handshake", handshake.reason),
+            b"Set-Cookie: %s\r\n" % redirect_count_cookie(cookies).encode("ascii"),
+        )
+        plan = Denial(307, handshake.reason, location)
+        forward_auth: Any = ex.original
+        if forward_auth is not None and forward_auth.nginx:
+            plan, more = for_nginx(plan)
+            extra = (*more, *extra)
+        self.metrics.count_handshake("started")
+        self._answer(ex, plan, extra=extra)
+        ex.decision = "handshake"
+
+    def _decision(
+        self, located: Located, outcome: Outcome | Verified, cross: bool = False
+    ) -> Decision:
+        if outcome.__class__ is Verified and not cross:
             assert isinstance(outcome, Verified)
             # a session asks for the same target again and again: its decision is remembered
             last = outcome.last
@@ -397,11 +533,11 @@ class Gateway:
                 decision = decide(located, outcome.principal)
                 outcome.last = (located, decision)
             return decision
-        return decide(located, outcome)  # type: ignore[arg-type]
+        if isinstance(outcome, Verified):
+            return decide(located, outcome.principal, cross_site=cross)
+        return decide(located, outcome, cross_site=cross)
 
-    def _identity(
-        self, rt: Runtime, outcome: Verified | Reason | None, decision: Decision
-    ) -> bytes:
+    def _identity(self, rt: Runtime, outcome: Outcome | Verified, decision: Decision) -> bytes:
         """The identity header block for an allowed decision, built once per token."""
         principal = decision.principal
         if principal is None:
@@ -418,16 +554,21 @@ class Gateway:
         ex: Exchange,
         rt: Runtime,
         located: Located,
-        outcome: Verified | Reason | None,
+        outcome: Outcome | Verified,
         token_given: bool,
+        cross: bool = False,
+        request: Navigation | None = None,
+        extra: tuple[bytes, ...] = (),
     ) -> None:
         """Proxy mode: forward an allowed request, answer a denied one."""
-        decision = self._decision(located, outcome)
+        decision = self._decision(located, outcome, cross)
         if decision.principal is not None:
             ex.user_id = decision.principal.user_id
         if not decision.allowed:
-            self._deny_decision(ex, rt, decision, token_given)
+            self._refuse(ex, rt, located, decision, token_given, request, extra)
             return
+        if ex.browser is not None and ex.browser.forwarded is not None:
+            replace_cookie(ex, ex.browser.forwarded)  # the handshake's cookies stay here
         self._forward(ex, located, self._identity(rt, outcome, decision))
 
     def _answered(
@@ -435,15 +576,18 @@ class Gateway:
         ex: Exchange,
         rt: Runtime,
         located: Located,
-        outcome: Verified | Reason | None,
+        outcome: Outcome | Verified,
         token_given: bool,
+        cross: bool = False,
+        request: Navigation | None = None,
+        extra: tuple[bytes, ...] = (),
     ) -> None:
         """Forward-auth mode: 200 with the identity headers, or the denial."""
-        decision = self._decision(located, outcome)
+        decision = self._decision(located, outcome, cross)
         if decision.principal is not None:
             ex.user_id = decision.principal.user_id
         if not decision.allowed:
-            self._deny_decision(ex, rt, decision, token_given)
+            self._refuse(ex, rt, located, decision, token_given, request, extra)
             return
         ex.decision = "allow"
         ex.reply(allowed(self._identity(rt, outcome, decision), ex.keep_alive), 200)
@@ -464,18 +608,40 @@ class Gateway:
         )
         ex.decision = "allow"
         self.metrics.in_flight += 1
+        assert forwarding.upstream is not None  # proxy mode: `check` requires an upstream
         (self._pool or self.pool).forward(ex, forwarding.upstream, head, body)
 
     # ---- answers of our own -----------------------------------------------------------------
 
-    def _deny_decision(
-        self, ex: Exchange, rt: Runtime, decision: Decision, token_given: bool
+    def _refuse(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        decision: Decision,
+        token_given: bool,
+        request: Navigation | None,
+        extra: tuple[bytes, ...],
     ) -> None:
+        """A denied decision: a handshake, or the denial (with Clerk's signed-out headers
+        for a browser session)."""
+        if decision.handshake is not None:
+            self._handshake(ex, rt, located, decision.handshake, request)
+            return
         assert decision.reason is not None
-        self._deny(ex, rt, decision.reason, token_given=token_given)
+        if decision.auth is not None:
+            extra = (*auth_headers("signed-out", decision.auth), *extra)
+        self._deny(ex, rt, decision.reason, token_given=token_given, extra=extra, request=request)
 
     def _deny(
-        self, ex: Exchange, rt: Runtime, reason: Reason, *, token_given: bool = False
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        reason: Reason,
+        *,
+        token_given: bool = False,
+        extra: tuple[bytes, ...] = (),
+        request: Navigation | None = None,
     ) -> None:
         policy = rt.policy
         navigation = False
@@ -489,7 +655,7 @@ class Gateway:
                 _text(ex.header(b"accept")),
             )
             if navigation and ex.path is not None:
-                original = forward_auth.url if forward_auth is not None else self._original_url(ex)
+                original = request.url if request is not None else original_url(ex)
         plan = denial(
             reason,
             navigation=navigation,
@@ -497,9 +663,9 @@ class Gateway:
             unauthorized_url=policy.unauthorized_url,
             original_url=original,
         )
-        extra: tuple[bytes, ...] = ()
         if forward_auth is not None and forward_auth.nginx:
-            plan, extra = for_nginx(plan)
+            plan, more = for_nginx(plan)
+            extra = (*more, *extra)
         self._answer(ex, plan, token_given=token_given, extra=extra)
 
     def _answer(
@@ -518,17 +684,6 @@ class Gateway:
         response = render(plan, keep_alive=ex.keep_alive, token_given=token_given, extra=extra)
         ex.reply(response, plan.status)
 
-    def _original_url(self, ex: Exchange) -> str:
-        """The URL the client asked for, for `redirect_url`: from the connection, or from
-        X-Forwarded-Proto/-Host only when a trusted proxy sent them."""
-        _, proto, host = forwarded_lines(ex, b"", b"https" if ex.conn.secure else b"http")
-        scheme = proto.split(b",")[0].strip().lower().decode("latin-1")
-        if scheme not in ("http", "https"):
-            scheme = "http"
-        query = ex.url.partition(b"?")
-        tail = b"?" + query[2] if query[1] else b""
-        return f"{scheme}://{host.split(b',')[0].strip().decode('latin-1')}{ex.path}{tail.decode('latin-1')}"
-
     def _upstream_failed(self, ex: Exchange, upstream: Upstream, failure: UpstreamFailure) -> None:
         self.metrics.count_upstream_error(upstream.name, failure.kind)
         ex.reason = failure.reason
@@ -542,7 +697,7 @@ class Gateway:
     def complete(self, ex: Exchange) -> None:
         elapsed = time.perf_counter() - ex.started
         status = ex.status if ex.response_started else 499
-        label, label_json = ex.route if ex.route is not None else _DEFAULT_LABEL
+        label, label_json = ex.route if ex.route is not None else DEFAULT_LABEL
         reason = ex.reason
         self.metrics.record(label, ex.access, ex.decision, reason or "", status, elapsed)
         if ex.forwarding:
@@ -647,19 +802,3 @@ def _framing(ex: Exchange, body: bytes | None) -> bytes:
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
-
-
-def parse_cookies(header: str | None) -> dict[str, str]:
-    """RFC 6265 5.4 cookie-string: `name=value` pairs separated by `;`; first one wins."""
-    cookies: dict[str, str] = {}
-    if not header:
-        return cookies
-    for part in header.split(";"):
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if sep and name and name not in cookies:
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            cookies[name] = value
-    return cookies

@@ -143,10 +143,24 @@ _CLERK_KEYS = (
     "jwks_max_stale_s",
     "jwks_fetch_timeout_s",
     "token_cache_size",
+    "handshake",
+    "proxy_url",
+    "domain",
+    "is_satellite",
 )
 _WEBHOOK_KEYS = ("secrets", "remember_s", "tolerance_s", "max_body_bytes")
 _UPSTREAM_KEYS = ("url", "connect_timeout_s", "read_timeout_s", "preserve_host")
-_ROUTE_KEYS = ("path", "methods", "host", "access", "accept_pending", "require", "upstream", "name")
+_ROUTE_KEYS = (
+    "path",
+    "methods",
+    "host",
+    "access",
+    "accept_pending",
+    "require",
+    "upstream",
+    "name",
+    "csrf",
+)
 _REQUIRE_KEYS = ("roles", "org_roles", "org_permissions")
 _LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
 _IDENTITY_KEYS = tuple(IdentityHeaders.__dataclass_fields__)
@@ -282,7 +296,43 @@ class _Reader(Reader):
             token_cache_size=self.integer(
                 "clerk.token_cache_size", raw.get("token_cache_size"), 10_000, minimum=0
             ),
+            **self.handshake(raw, pk, secret),
         )
+
+    def handshake(
+        self, raw: dict[str, Any], pk: PublishableKey | None, secret: str | None
+    ) -> dict[str, Any]:
+        """Clerk's handshake: on by default when it can work (a publishable key names the
+        frontend API, a secret key resolves the handshake's nonce)."""
+        possible = pk is not None and bool(secret)
+        enabled = self.boolean("clerk.handshake", raw.get("handshake"), possible)
+        if enabled and not possible and raw.get("handshake") is True:
+            self.error(
+                "clerk.handshake",
+                "the handshake needs clerk.publishable_key (the frontend API to send browsers "
+                "to) and clerk.secret_key (to resolve what comes back)",
+            )
+        proxy_url = self.string("clerk.proxy_url", raw.get("proxy_url"))
+        if proxy_url is not None and not (
+            proxy_url.startswith("/") or urlsplit(proxy_url).scheme in ("http", "https")
+        ):
+            self.error(
+                "clerk.proxy_url",
+                f"must be an http(s) URL or a path on this host, got {proxy_url!r}",
+            )
+        domain = self.string("clerk.domain", raw.get("domain"))
+        satellite = self.boolean("clerk.is_satellite", raw.get("is_satellite"), False)
+        if satellite and not (domain or proxy_url):
+            self.error(
+                "clerk.is_satellite",
+                "a satellite needs clerk.domain (its primary's domain) or clerk.proxy_url",
+            )
+        return {
+            "handshake": enabled and possible,
+            "proxy_url": proxy_url.rstrip("/") if proxy_url else None,
+            "domain": domain,
+            "is_satellite": satellite,
+        }
 
     def webhooks(self, value: Any) -> WebhookSettings:
         raw = self.mapping("webhooks", value, _WEBHOOK_KEYS)
@@ -462,12 +512,24 @@ class _Reader(Reader):
             upstream=upstream,
             name=self.string(f"{path}.name", raw.get("name")),
             line=self.doc.line(path),
+            csrf=self.route_csrf(path, raw.get("csrf")),
             written=(
                 tuple(p.source for p in patterns)
                 if isinstance(raw.get("path"), list)
                 else (patterns[0].source if patterns else "")
             ),
         )
+
+    def route_csrf(self, path: str, value: Any) -> bool:
+        csrf = self.boolean(f"{path}.csrf", value, True)
+        if not csrf:
+            self.warn(
+                f"{path}.csrf",
+                "cross-site POST/PUT/PATCH/DELETE requests with the session cookie are "
+                "forwarded on this route (CSRF protection off): only for legacy forms that "
+                "need it",
+            )
+        return csrf
 
     def requirement(self, path: str, value: Any) -> Requirement:
         raw = self.mapping(path, value, _REQUIRE_KEYS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.clerk.handshake import Handshake, SignedOut
 from gateway.decision import ALLOW_ANONYMOUS, Access, Decision, Principal, Reason
 from gateway.model import Policy
 from gateway.paths import Target, normalise_target
@@ -23,7 +24,9 @@ from gateway.routes import Ambiguous, Requirement, Route
 
 ADMIN_ROLE = "admin"
 
-Outcome = Principal | Reason | None
+# A verified session, why a token failed, no token at all, or (browser sessions, from
+# clerk.handshake) a handshake to send the browser through, or a signed-out session.
+Outcome = Principal | Reason | None | Handshake | SignedOut
 
 
 class Located:
@@ -50,10 +53,19 @@ def locate(policy: Policy, method: str, host: str, raw_target: str) -> Located |
     return Located(target, route, route.access if route is not None else policy.default)
 
 
-def decide(located: Located, outcome: Outcome) -> Decision:
+def decide(located: Located, outcome: Outcome, *, cross_site: bool = False) -> Decision:
+    """`cross_site`: a state-changing request whose session cookie came from another site
+    (see `cross_site` below); refused unless the route turned the check off."""
     route, access = located.route, located.access
     if access is Access.DENY:
         return Decision.deny(Reason.ROUTE_DENIED)
+    if cross_site and (route is None or route.csrf):
+        return Decision.deny(Reason.CSRF_ORIGIN_MISMATCH)
+    if isinstance(outcome, Handshake):
+        return Decision(False, outcome.reason, None, handshake=outcome)
+    auth: Reason | None = None
+    if isinstance(outcome, SignedOut):
+        auth, outcome = outcome.auth, outcome.reason
     accept_pending = route.accept_pending if route is not None else False
     principal = outcome if isinstance(outcome, Principal) else None
     if principal is not None and principal.pending and not accept_pending:
@@ -63,9 +75,8 @@ def decide(located: Located, outcome: Outcome) -> Decision:
     if access is Access.PUBLIC or access is Access.WEBHOOK:
         return ALLOW_ANONYMOUS if principal is None else Decision(True, None, principal)
     if principal is None:
-        return Decision.deny(
-            outcome if isinstance(outcome, Reason) else Reason.SESSION_TOKEN_MISSING
-        )
+        reason = outcome if isinstance(outcome, Reason) else Reason.SESSION_TOKEN_MISSING
+        return Decision.deny(reason) if auth is None else Decision(False, reason, None, auth=auth)
     if access is Access.ADMIN and ADMIN_ROLE not in principal.roles:
         return Decision(False, Reason.ROLE_REQUIRED, principal)
     if route is not None:
@@ -75,6 +86,30 @@ def decide(located: Located, outcome: Outcome) -> Decision:
             if failed is not None:
                 return Decision(False, failed, principal)
     return Decision(True, None, principal)
+
+
+STATE_CHANGING = frozenset(["POST", "PUT", "PATCH", "DELETE"])
+_SAME_SITE = frozenset(["same-origin", "same-site", "none"])
+
+
+def cross_site(
+    method: str,
+    fetch_site: str | None,
+    origin: str | None,
+    own_origin: str,
+    authorized_parties: tuple[str, ...] | None,
+) -> bool:
+    """Is a request that carries the session cookie a cross-site forgery candidate? Only
+    state-changing methods; `Sec-Fetch-Site` when the browser sends it, else `Origin`
+    (absent: not a browser) against the request's own origin and `authorized_parties`."""
+    if method not in STATE_CHANGING:
+        return False
+    if fetch_site is not None:
+        return fetch_site.strip().lower() not in _SAME_SITE
+    if origin is None:
+        return False
+    origin = origin.strip().rstrip("/")
+    return origin != own_origin and origin not in (authorized_parties or ())
 
 
 def unmet(require: Requirement, principal: Principal) -> Reason | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Access(enum.StrEnum):
@@ -47,7 +48,26 @@ class Reason(enum.StrEnum):
     # ours, where we check more than Clerk's SDKs
     TOKEN_INVALID_ISSUER = "token-invalid-issuer"
     TOKEN_TOO_LARGE = "token-too-large"
+    # Clerk's handshake (browser sessions); the reasons of `authenticateRequest`
+    CLIENT_UAT_BUT_NO_SESSION_TOKEN = "client-uat-but-no-session-token"
+    DEV_BROWSER_MISSING = "dev-browser-missing"
+    DEV_BROWSER_SYNC = "dev-browser-sync"
+    PRIMARY_RESPONDS_TO_SYNCING = "primary-responds-to-syncing"
+    PRIMARY_DOMAIN_CROSS_ORIGIN_SYNC = "primary-domain-cross-origin-sync"
+    SATELLITE_NEEDS_SYNCING = "satellite-needs-syncing"
+    SESSION_TOKEN_AND_UAT_MISSING = "session-token-and-uat-missing"
+    SESSION_TOKEN_BUT_NO_CLIENT_UAT = "session-token-but-no-client-uat"
+    SESSION_TOKEN_IAT_BEFORE_CLIENT_UAT = "session-token-iat-before-client-uat"
+    SESSION_TOKEN_NBF = "session-token-nbf"
+    SESSION_TOKEN_IAT_IN_THE_FUTURE = "session-token-iat-in-the-future"
+    SESSION_TOKEN_EXPIRED_NON_GET = "session-token-expired-refresh-non-eligible-non-get"
+    SESSION_TOKEN_EXPIRED_NO_REFRESH_COOKIE = (
+        "session-token-expired-refresh-non-eligible-no-refresh-cookie"
+    )
+    SESSION_TOKEN_EXPIRED_NOT_REFRESHED = "session-token-expired-refresh-not-attempted"
+    HANDSHAKE_FAILED = "handshake-failed"
     # authorization
+    CSRF_ORIGIN_MISMATCH = "csrf-origin-mismatch"
     ROLE_REQUIRED = "role-required"
     ORG_ROLE_REQUIRED = "org-role-required"
     ORG_PERMISSION_REQUIRED = "org-permission-required"
@@ -108,12 +128,22 @@ class Decision:
     principal are shared instances, and an allowed session's decision is made once per
     verified token, so the request path allocates none of them."""
 
-    __slots__ = ("allowed", "principal", "reason")
+    __slots__ = ("allowed", "auth", "handshake", "principal", "reason")
 
-    def __init__(self, allowed: bool, reason: Reason | None, principal: Principal | None) -> None:
+    def __init__(
+        self,
+        allowed: bool,
+        reason: Reason | None,
+        principal: Principal | None,
+        *,
+        handshake: Any = None,
+        auth: Reason | None = None,
+    ) -> None:
         self.allowed = allowed
         self.reason = reason
         self.principal = principal
+        self.handshake = handshake  # a clerk.handshake.Handshake: send the browser through Clerk
+        self.auth = auth  # Clerk's reason for a signed-out browser session (x-clerk-auth-reason)
 
     def __repr__(self) -> str:
         who = self.principal.user_id if self.principal is not None else None

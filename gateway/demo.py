@@ -25,6 +25,7 @@ from types import ModuleType
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway.app import Gateway
 from gateway.devclerk import DevClerk
@@ -89,6 +90,8 @@ async def launch(ports: Ports, *, data_dir: str, config: str | None = None) -> D
     clerk.webhook_secret = webhook_secret
     clerk.webhook_url = f"{origin}/api/webhooks/clerk"
     clerk_runner = await serve_clerk(clerk, HOST, ports.clerk)
+    frontend = clerk.frontend_url  # http://localhost:<port>: its own cookie jar in a browser
+    assert frontend is not None
     posts = _load_posts_app()
     upstream = web.AppRunner(posts.make_app(str(Path(data_dir) / "posts.sqlite3")), access_log=None)
     await upstream.setup()
@@ -102,6 +105,9 @@ async def launch(ports: Ports, *, data_dir: str, config: str | None = None) -> D
         "CLERK_WEBHOOK_SECRET": webhook_secret,
         "UPSTREAM_URL": f"http://{HOST}:{ports.upstream}",
         "APP_ORIGIN": origin,
+        # browsers reach the stand-in's frontend API (sign-in, handshake) on loopback
+        "CLERK_PROXY_URL": frontend,
+        "SIGN_IN_URL": f"{frontend}/sign-in",
     }
     gateway = Gateway(config or str(ROOT / "config" / "routes.yaml"), env=env)
     gateway.access_log.enabled = False  # keep the walkthrough and the curl lines readable
@@ -150,12 +156,8 @@ async def walkthrough(demo: Demo) -> list[Check]:
             await resp.read()
             return resp
 
-        r = await call("GET", "/dashboard", headers=browser)
-        add(
-            "1. /dashboard without signing in redirects to sign-in",
-            r.status == 307 and r.headers.get("Location", "").startswith("/sign-in?redirect_url="),
-            f"{r.status} Location: {r.headers.get('Location')}",
-        )
+        for check in await browser_story(demo, browser):
+            checks.append(check)
         r = await call("GET", "/api/posts")
         add(
             "2. a protected API without auth returns 401",
@@ -209,6 +211,83 @@ async def walkthrough(demo: Demo) -> list[Check]:
     return checks
 
 
+@dataclass(frozen=True, slots=True)
+class Hop:
+    status: int
+    url: str
+
+
+async def follow(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    data: dict[str, str] | None = None,
+    limit: int = 10,
+) -> tuple[list[Hop], str]:
+    """What a browser does: follow redirects (a 303 becomes a GET), keeping cookies per
+    host in the session's jar. Returns every hop and the final page's text."""
+    hops: list[Hop] = []
+    for _ in range(limit):
+        async with http.request(
+            method, url, headers=headers, data=data, allow_redirects=False
+        ) as resp:
+            text = await resp.text()
+            hops.append(Hop(resp.status, url))
+            location = resp.headers.get("Location")
+            if resp.status not in (301, 302, 303, 307, 308) or location is None:
+                return hops, text
+        url = str(resp.url.join(URL(location)))
+        if resp.status == 303:
+            method, data = "GET", None
+    return hops, ""
+
+
+def _path_of(hop: Hop) -> str:
+    parts = URL(hop.url)
+    return f"{hop.status} {parts.host}:{parts.port}{parts.path}"
+
+
+async def browser_story(demo: Demo, browser: dict[str, str]) -> list[Check]:
+    """A browser with its own cookies: signed out, the handshake sends it to sign-in; it
+    signs in on the stand-in and lands on /dashboard; with its session cookie gone (as when
+    the 60 s token expires) the next page is refreshed through the handshake, no sign-in."""
+    checks: list[Check] = []
+    frontend = demo.clerk.frontend_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        hops, page = await follow(http, "GET", f"{demo.base}/dashboard", browser)
+        at_sign_in = hops[-1].status == 200 and "Sign in" in page
+        checks.append(
+            Check(
+                "1. /dashboard without signing in: Clerk's handshake, then the sign-in page",
+                at_sign_in and any("/v1/client/handshake" in h.url for h in hops),
+                " -> ".join(_path_of(h) for h in hops),
+            )
+        )
+        form = {"user": "alice", "redirect_url": f"{demo.base}/dashboard"}
+        hops, page = await follow(http, "POST", f"{frontend}/sign-in", browser, form)
+        checks.append(
+            Check(
+                "   ...signing in on Clerk's page brings the browser back, signed in",
+                "Welcome, user_2alice" in page,
+                " -> ".join(_path_of(h) for h in hops),
+            )
+        )
+        gateway_host = URL(demo.base).host or ""
+        http.cookie_jar.clear(
+            lambda c: c.key.startswith("__session") and c["domain"] in ("", gateway_host)
+        )
+        hops, page = await follow(http, "GET", f"{demo.base}/dashboard", browser)
+        checks.append(
+            Check(
+                "   ...an expired session cookie is refreshed by the handshake, no sign-in",
+                "Welcome, user_2alice" in page and not any("/sign-in" in h.url for h in hops),
+                " -> ".join(_path_of(h) for h in hops),
+            )
+        )
+    return checks
+
+
 def curl_lines(demo: Demo) -> str:
     b, c = demo.base, f"http://{HOST}:{demo.ports.clerk}"
 
@@ -217,11 +296,15 @@ def curl_lines(demo: Demo) -> str:
         return f"-H \"Authorization: Bearer $(curl -s '{c}/demo/token/{who}{query}')\""
 
     return f"""
-Try it yourself (each line fetches its own fresh token from the Clerk stand-in):
+In a browser: open {b}/dashboard, sign in on the stand-in's page as alice, bob or admin,
+and come back signed in; the session outlives the 60 s tokens through Clerk's handshake.
+{demo.clerk.frontend_url}/sign-out?redirect_url={b}/ signs the browser out.
+
+Or with curl (each line fetches its own fresh token from the Clerk stand-in):
 
   # anonymous
   curl -i {b}/                                             # 200, public
-  curl -i -H 'Accept: text/html' {b}/dashboard             # 307 to /sign-in?redirect_url=...
+  curl -i -H 'Accept: text/html' {b}/dashboard             # 307 to Clerk's handshake
   curl -i {b}/api/posts                                    # 401 {{"error":"unauthorized",...}}
   curl -i --path-as-is {b}/admin/../admin%2f               # 400 path-ambiguous
   curl -i {b}/ADMIN/users                                  # 400: a case-insensitive app would serve /admin
@@ -275,7 +358,7 @@ async def main(
         try:
             print(
                 f"\nclerk-gateway demo: gateway {demo.base}  admin http://{HOST}:{ports.admin}  "
-                f"Clerk stand-in http://{HOST}:{ports.clerk}  app http://{HOST}:{ports.upstream}\n"
+                f"Clerk stand-in {demo.clerk.frontend_url}  app http://{HOST}:{ports.upstream}\n"
             )
             checks = await walkthrough(demo) if config is None else []
             if config is not None:

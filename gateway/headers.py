@@ -302,6 +302,21 @@ def upstream_head(
     return b"".join(parts)
 
 
+def replace_cookie(into: RequestHeaders, value: bytes) -> None:
+    """The Cookie header(s) the upstream gets replaced by one with `value` (none if empty):
+    the handshake's own cookies are the gateway's business, never the upstream's."""
+    kept = into.kept
+    pieces = [
+        piece
+        for i in range(0, len(kept), 4)
+        if kept[i].lower() != b"cookie"
+        for piece in kept[i : i + 4]
+    ]
+    if value:
+        pieces += (b"Cookie", b": ", value, b"\r\n")
+    into.kept = pieces
+
+
 def safe_value(value: str) -> bool:
     """Printable ASCII only: a CR or LF would split the header, other bytes confuse parsers."""
     return value.isascii() and value.isprintable()

@@ -131,6 +131,7 @@ class Exchange:
     upstream_s: float | None = None
     note: Any = None  # anything else a handler wants to log (webhook id and type, ...)
     original: Any = None  # forward-auth: the request the proxy asks about
+    browser: Any = None  # a browser session's cookies, by Clerk's rules (clerk.handshake)
 
     def __init__(
         self,

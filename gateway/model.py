@@ -43,6 +43,10 @@ class ClerkSettings:
     clock_skew_ms: int = 5000
     jwks: JwksSettings = field(default_factory=JwksSettings)
     token_cache_size: int = 10_000
+    handshake: bool = False  # Clerk's handshake for browser navigations
+    proxy_url: str | None = None  # a Clerk proxy: replaces the frontend API in handshakes
+    domain: str | None = None  # a satellite's primary domain
+    is_satellite: bool = False
 
     @property
     def jwks_sends_secret(self) -> bool:

@@ -26,6 +26,7 @@ _STATUS: dict[Reason, int] = {
     Reason.ORG_ROLE_REQUIRED: 403,
     Reason.ORG_PERMISSION_REQUIRED: 403,
     Reason.ROUTE_DENIED: 403,
+    Reason.CSRF_ORIGIN_MISMATCH: 403,
     Reason.WEBHOOK_HEADERS_MISSING: 400,
     Reason.WEBHOOK_HEADERS_INVALID: 400,
     Reason.WEBHOOK_SIGNATURE_INVALID: 400,
@@ -39,6 +40,12 @@ _STATUS: dict[Reason, int] = {
     Reason.UPSTREAM_TIMEOUT: 504,
     Reason.UPSTREAM_INVALID_RESPONSE: 502,
     Reason.INTERNAL_ERROR: 500,
+    # a handshake is a redirect through Clerk (307); these statuses are never rendered as
+    # denials, but every reason has one
+    Reason.DEV_BROWSER_SYNC: 307,
+    Reason.PRIMARY_RESPONDS_TO_SYNCING: 307,
+    Reason.PRIMARY_DOMAIN_CROSS_ORIGIN_SYNC: 307,
+    Reason.SATELLITE_NEEDS_SYNCING: 307,
 }
 # Everything else is a failed or missing session: 401.
 
@@ -46,6 +53,7 @@ _ERROR_KIND = {
     200: "ok",
     400: "bad_request",
     401: "unauthorized",
+    307: "redirect",
     403: "forbidden",
     408: "request_timeout",
     409: "conflict",

@@ -200,6 +200,7 @@ class Route:
     name: str | None = None
     line: int = 0
     written: str | tuple[str, ...] = ""  # the `path:` value as written: a string or a list
+    csrf: bool = True  # cookie sessions' state-changing requests must come from our origins
 
     @property
     def label(self) -> str:

@@ -21,10 +21,11 @@ from multiprocessing.sharedctypes import Synchronized
 
 from aiohttp import web
 
-from gateway.app import Gateway, Runtime
+from gateway.app import Gateway
 from gateway.health import admin_app
 from gateway.http1 import ClientConnection, ConnectionTracker
 from gateway.logs import configure
+from gateway.runtime import Runtime
 from gateway.settings import Address, Settings
 
 log = logging.getLogger("clerk_gateway")

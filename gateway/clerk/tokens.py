@@ -196,6 +196,16 @@ def verify(
     """THE verification sequence (reference §4, plus an issuer check): decode, header,
     key, signature, then claims. The verifier runs it behind its caches; `explain` runs it
     with `keys=None`, which skips the key and the signature and says so."""
+    decoded = verify_signed(token, keys)
+    if isinstance(decoded, Reason):
+        return decoded
+    failure = check_claims(decoded.claims, now_ms, options)
+    return failure if failure is not None else decoded
+
+
+def verify_signed(token: str, keys: KeySet | None) -> Decoded | Reason:
+    """The sequence up to the signature: what a handshake payload token gets (Clerk checks
+    no time claims on it). `keys=None`: the signature is not checked (explain only)."""
     decoded = decode(token)
     if isinstance(decoded, Reason):
         return decoded
@@ -209,8 +219,7 @@ def verify(
         failure = check_signature(decoded, key)
         if failure is not None:
             return failure
-    failure = check_claims(decoded.claims, now_ms, options)
-    return failure if failure is not None else decoded
+    return decoded
 
 
 # ---- where a token comes from (reference §2) ---------------------------------------------
@@ -221,6 +230,7 @@ class Extracted:
     token: str | None
     source: str  # "header", "cookie" or "none"
     client_uat: str | None = None  # kept for the handshake: `__client_uat` as sent
+    suffixed: bool = False  # Clerk's choice of the suffixed cookie family
 
 
 def token_from_authorization(value: str) -> str | None:
@@ -258,9 +268,9 @@ def extract(
     if instance is not None and _use_suffixed(cookies, instance, now_s, peek or peek_claims):
         token = cookies.get(f"__session_{instance.cookie_suffix}") or None
         uat = cookies.get(f"__client_uat_{instance.cookie_suffix}")
-    else:
-        token = cookies.get("__session") or None
-        uat = cookies.get("__client_uat")
+        return Extracted(token, "cookie" if token else "none", uat, True)
+    token = cookies.get("__session") or None
+    uat = cookies.get("__client_uat")
     return Extracted(token, "cookie" if token else "none", uat)
 
 

@@ -158,6 +158,7 @@ def policy_text(
           api_url: {api}
           authorized_parties: [{clerk.origin}]
           jwks_refresh_interval_s: 3600
+          handshake: false  # on in test_handshake.py; here a cookie is a plain token
         webhooks:
           secrets: {clerk.webhook_secret}
           max_body_bytes: 65536

@@ -139,7 +139,7 @@ async def test_demo_walkthrough_passes() -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     text = out.decode()
     assert proc.returncode == 0, text
-    assert text.count("[ok]") == 8, text
+    assert text.count("[ok]") == 10, text
     assert "FAILED" not in text
 
 
