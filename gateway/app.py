@@ -26,6 +26,7 @@ from gateway.accesslog import AccessLog
 from gateway.browser import (
     auth_headers,
     fetch_facts,
+    method_of,
     navigation,
     original_url,
     own_origin,
@@ -325,11 +326,15 @@ class Gateway:
             token = auth[7:].strip().decode("latin-1") or None
         else:
             token = token_from_authorization(auth.decode("latin-1"))
+        cross = False
         if token is None:
             if rt.instance is not None:
                 return self._browser(ex, rt, located, then)  # Clerk's cookie path
             if ex.cookie is not None:
                 token = rt.from_cookie(ex.cookie).token
+                method = method_of(ex)
+                if token is not None and method in STATE_CHANGING:
+                    cross = _cross_site(ex, rt, method, original_url(ex))
         if token is None:
             then(ex, rt, located, None, False)
             return None
@@ -338,14 +343,14 @@ class Gateway:
         if outcome is None:
             outcome = verifier.verify_now(token)
             if outcome is None:
-                return partial(self._verify_then, ex, rt, located, token, then)
-        then(ex, rt, located, outcome, True)
+                return partial(self._verify_then, ex, rt, located, token, cross, then)
+        then(ex, rt, located, outcome, True, cross)
         return None
 
     async def _verify_then(
-        self, ex: Exchange, rt: Runtime, located: Located, token: str, then: Decided
+        self, ex: Exchange, rt: Runtime, located: Located, token: str, cross: bool, then: Decided
     ) -> None:
-        then(ex, rt, located, await rt.verifier.verify(token), True)
+        then(ex, rt, located, await rt.verifier.verify(token), True, cross)
 
     # ---- browser sessions: Clerk's cookie path and handshake --------------------------------
 
@@ -364,16 +369,7 @@ class Gateway:
         step = before_verification(cookies, forwarding.query, request, instance, rt.verifier.peek)
         if isinstance(step, Resolve):
             return partial(self._resolve, ex, rt, located, step, cookies, request, then)
-        cross = False
-        if cookies.token is not None and request.method in STATE_CHANGING:
-            fetch_site, origin = fetch_facts(ex)
-            cross = cross_site(
-                request.method,
-                fetch_site,
-                origin,
-                own_origin(request.url),
-                rt.policy.clerk.authorized_parties,
-            )
+        cross = cookies.token is not None and _cross_site(ex, rt, request.method, request.url)
         if not isinstance(step, Verify):
             then(ex, rt, located, step, False, cross, request)
             return None
@@ -481,12 +477,7 @@ class Gateway:
         self, ex: Exchange, location: str, reason: Reason | None, extra: tuple[bytes, ...]
     ) -> None:
         """307 to `location` (the clean URL after a handshake), with cookies to set."""
-        plan = Denial(307, reason or Reason.DEV_BROWSER_SYNC, location)
-        forward_auth: Any = ex.original
-        if forward_auth is not None and forward_auth.nginx:
-            plan, more = for_nginx(plan)
-            extra = (*more, *extra)
-        self._answer(ex, plan, extra=extra)
+        self._answer(ex, Denial(307, reason or Reason.DEV_BROWSER_SYNC, location), extra=extra)
         ex.reason = reason  # a resolved handshake is no denial: no reason in logs or metrics
         ex.decision = "handshake"
 
@@ -510,13 +501,8 @@ class Gateway:
             *auth_headers("handshake", handshake.reason),
             b"Set-Cookie: %s\r\n" % redirect_count_cookie(cookies).encode("ascii"),
         )
-        plan = Denial(307, handshake.reason, location)
-        forward_auth: Any = ex.original
-        if forward_auth is not None and forward_auth.nginx:
-            plan, more = for_nginx(plan)
-            extra = (*more, *extra)
         self.metrics.count_handshake("started")
-        self._answer(ex, plan, extra=extra)
+        self._answer(ex, Denial(307, handshake.reason, location), extra=extra)
         ex.decision = "handshake"
 
     def _decision(
@@ -535,6 +521,14 @@ class Gateway:
             return decision
         if isinstance(outcome, Verified):
             return decide(located, outcome.principal, cross_site=cross)
+        if isinstance(outcome, SignedOut) and outcome.loop:
+            self.metrics.count_handshake("loop-stopped")
+            log.warning(
+                "handshake loop stopped: the browser came back three times without a usable "
+                "session; check that the publishable and secret keys are of one instance and "
+                "that this host's clock is right",
+                extra={"reason": outcome.auth.value},
+            )
         return decide(located, outcome, cross_site=cross)
 
     def _identity(self, rt: Runtime, outcome: Outcome | Verified, decision: Decision) -> bytes:
@@ -663,9 +657,6 @@ class Gateway:
             unauthorized_url=policy.unauthorized_url,
             original_url=original,
         )
-        if forward_auth is not None and forward_auth.nginx:
-            plan, more = for_nginx(plan)
-            extra = (*more, *extra)
         self._answer(ex, plan, token_given=token_given, extra=extra)
 
     def _answer(
@@ -677,8 +668,9 @@ class Gateway:
         extra: tuple[bytes, ...] = (),
     ) -> None:
         ex.reason, ex.decision = plan.reason, plan.kind
-        if extra:
-            ex.decision = "redirect"  # the nginx form of a redirect
+        forward_auth: Original | None = ex.original
+        if forward_auth is not None and forward_auth.nginx:
+            plan, extra = for_nginx(plan, extra)  # a redirect as 401/403 (decision stays)
         if not ex.body_complete:
             ex.keep_alive = False  # an unread body cannot be skipped safely: close after
         response = render(plan, keep_alive=ex.keep_alive, token_given=token_given, extra=extra)
@@ -783,6 +775,16 @@ class Gateway:
     def _webhook_done(self, ex: Exchange, rt: Runtime, reason: Reason, kind: str | None) -> None:
         self.metrics.count_webhook(reason.value, kind or "unknown")
         self._deny(ex, rt, reason)
+
+
+def _cross_site(ex: Exchange, rt: Runtime, method: str, url: str) -> bool:
+    """A state-changing request riding on the session cookie from another site."""
+    if method not in STATE_CHANGING:
+        return False
+    fetch_site, origin = fetch_facts(ex)
+    return cross_site(
+        method, fetch_site, origin, own_origin(url), rt.policy.clerk.authorized_parties
+    )
 
 
 def _framing(ex: Exchange, body: bytes | None) -> bytes:

@@ -13,10 +13,25 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.browser import own_origin
 from gateway.clerk.claims import principal_from_claims
-from gateway.clerk.tokens import check_claims, decode, verify
+from gateway.clerk.handshake import (
+    NO_COOKIES,
+    ClerkQuery,
+    Cookies,
+    Navigation,
+    Resolve,
+    SignedOut,
+    Verify,
+    after_verification,
+    before_verification,
+    clean_url,
+    handshake_url,
+    instance_of,
+)
+from gateway.clerk.tokens import check_claims, decode, peek_claims, verify
 from gateway.clerk.verifier import options_for
-from gateway.decide import Outcome, decide, locate
+from gateway.decide import Outcome, cross_site, decide, locate
 from gateway.decision import Access, Decision, Principal, Reason
 from gateway.identity import identity_values
 from gateway.model import FORWARD_AUTH, PROXY, Policy
@@ -162,10 +177,40 @@ def _explain(
             folded if normal is not None else None,
         )
     normal, route, access = located.target, located.route, located.access
-    decision: Decision = decide(located, outcome)
+    original = f"{scheme}://{host_header}{normal.path_qs}"
     note: str | None = None
+    cross = False
+    if token is None and claims is None and access not in (Access.DENY, Access.WEBHOOK):
+        browser = _browser(policy, method, original, normal.query, headers, now_ms)
+        if isinstance(browser, Explanation):
+            return replace(browser, path=normal.path, route=route, access=access, url=url)
+        outcome, identity, cross, note = browser
+    decision: Decision = decide(located, outcome, cross_site=cross)
     if access is Access.WEBHOOK:
         note = "webhook routes are forwarded only with a valid Svix signature (checked on the body)"
+    if decision.handshake is not None:
+        instance = instance_of(policy)
+        assert instance is not None
+        jar = _cookies(policy, headers, now_ms)
+        request = _navigation(method, original, headers)
+        location = decision.handshake.location or handshake_url(
+            instance, decision.handshake.reason, request, jar, ClerkQuery.parse(normal.query)
+        )
+        return Explanation(
+            method,
+            url,
+            normal.path,
+            route,
+            access,
+            "redirect",
+            307,
+            decision.handshake.reason,
+            location,
+            (),
+            identity,
+            "Clerk's handshake: the browser gets a fresh session token from Clerk's frontend "
+            "API and comes back (x-clerk-auth-status: handshake; at most 3 in a row)",
+        )
     if decision.allowed:
         forwarded = (
             tuple(identity_values(decision.principal, policy.identity_headers))
@@ -192,8 +237,10 @@ def _explain(
         navigation=is_navigation(method, headers.get("sec-fetch-dest"), headers.get("accept")),
         sign_in_url=policy.sign_in_url,
         unauthorized_url=policy.unauthorized_url,
-        original_url=f"{scheme}://{host_header}{normal.path_qs}",
+        original_url=original,
     )
+    if decision.auth is not None:
+        note = f"signed out by Clerk's rules: {decision.auth.value}"
     return Explanation(
         method,
         url,
@@ -210,13 +257,99 @@ def _explain(
     )
 
 
+def _cookies(policy: Policy, headers: Mapping[str, str], now_ms: float) -> Cookies:
+    cookie = headers.get("cookie")
+    if not cookie:
+        return NO_COOKIES
+    return Cookies.parse(
+        cookie.encode("latin-1", "replace"),
+        policy.clerk.publishable_key,
+        now_ms / 1000,
+        peek_claims,
+    )
+
+
+def _navigation(method: str, original: str, headers: Mapping[str, str]) -> Navigation:
+    dest = headers.get("sec-fetch-dest")
+    return Navigation(
+        method,
+        original,
+        is_navigation(method, dest, headers.get("accept")),
+        dest is not None and dest.strip().lower() == "document",
+        headers.get("referer"),
+    )
+
+
+def _browser(
+    policy: Policy,
+    method: str,
+    original: str,
+    query: str,
+    headers: Mapping[str, str],
+    now_ms: float,
+) -> tuple[Outcome, str, bool, str | None] | Explanation:
+    """A request with no token of its own, as `run` takes it: Clerk's cookie path when the
+    handshake is on, else the session cookie (Clerk's choice of cookie) as the token."""
+    jar = _cookies(policy, headers, now_ms)
+    instance = instance_of(policy)
+    cross = jar.token is not None and cross_site(
+        method,
+        headers.get("sec-fetch-site"),
+        headers.get("origin"),
+        own_origin(original),
+        policy.clerk.authorized_parties,
+    )
+    if instance is None:
+        if jar.token is None:
+            return None, "anonymous (no token)", False, None
+        outcome, how = _outcome(policy, None, jar.token, now_ms, "session cookie")
+        return outcome, how, cross, None
+    request = _navigation(method, original, headers)
+    step = before_verification(jar, ClerkQuery.parse(query), request, instance, peek_claims)
+    if isinstance(step, Resolve):
+        return Explanation(
+            method,
+            original,
+            None,
+            None,
+            None,
+            "redirect",
+            307,
+            None,
+            clean_url(original),
+            (),
+            "a handshake coming back from Clerk",
+            "`run` resolves the handshake's "
+            + ("nonce with Clerk's Backend API" if step.nonce else "token with the instance's keys")
+            + ", sets Clerk's cookies and sends the browser on to the URL without it "
+            "(not done offline)",
+        )
+    if isinstance(step, Verify):
+        outcome, how = _outcome(policy, None, step.token, now_ms, "session cookie")
+        if isinstance(outcome, Principal | Reason):
+            after = after_verification(outcome, jar, request, instance)
+            return after, how, cross, None
+        return outcome, how, cross, None
+    how = "session cookie" if jar.token is not None else "no session token"
+    return (
+        step,
+        f"{how}: Clerk's cookie rules say {step.auth.value if isinstance(step, SignedOut) else step.reason.value}",
+        cross,
+        None,
+    )
+
+
 def _outcome(
-    policy: Policy, claims: Mapping[str, Any] | None, token: str | None, now_ms: float
+    policy: Policy,
+    claims: Mapping[str, Any] | None,
+    token: str | None,
+    now_ms: float,
+    given: str = "token",
 ) -> tuple[Outcome, str]:
     options = options_for(policy.clerk)
     if token is not None:
         # THE verification sequence, with no keys: everything but the signature
-        how = "token (decoded; signature NOT checked)"
+        how = f"{given} (decoded; signature NOT checked)"
         verified = verify(token, None, now_ms, options)
         if isinstance(verified, Reason):
             decoded = decode(token)

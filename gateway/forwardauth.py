@@ -98,12 +98,23 @@ def allowed(identity: bytes, keep_alive: bool) -> bytes:
     )
 
 
-def for_nginx(plan: Denial) -> tuple[Denial, tuple[bytes, ...]]:
+def for_nginx(plan: Denial, extra: tuple[bytes, ...]) -> tuple[Denial, tuple[bytes, ...]]:
     """nginx's auth_request takes 401 and 403 only: a redirect becomes 401 (sign in) or
-    403 (unauthorized page) with the target in X-Clerk-Redirect."""
+    403 (unauthorized page) with the target in X-Clerk-Redirect. nginx hands on only the
+    first Set-Cookie of an auth response ($upstream_http_set_cookie), and a handshake sets
+    several: each is repeated as X-Clerk-Set-Cookie-<n> for the error_page to copy."""
     if plan.location is None:
-        return plan, ()
+        return plan, extra
     status = 403 if status_of(plan.reason) == 403 else 401
+    numbered = tuple(
+        b"X-Clerk-Set-Cookie-%d: %s" % (n, line[len(SET_COOKIE) :])
+        for n, line in enumerate((x for x in extra if x.startswith(SET_COOKIE)), start=1)
+    )
     return Denial(status, plan.reason), (
         b"X-Clerk-Redirect: %s\r\n" % plan.location.encode("latin-1", "replace"),
+        *extra,
+        *numbered,
     )
+
+
+SET_COOKIE = b"Set-Cookie: "

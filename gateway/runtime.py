@@ -10,7 +10,7 @@ import json
 import time
 
 from gateway.clerk.backend import BackendAPI
-from gateway.clerk.handshake import NO_COOKIES, ClerkQuery, Cookies, Instance, instance_for
+from gateway.clerk.handshake import NO_COOKIES, ClerkQuery, Cookies, Instance, instance_of
 from gateway.clerk.jwks import KeyCache
 from gateway.clerk.tokens import Extracted, extract
 from gateway.clerk.verifier import SessionVerifier
@@ -72,16 +72,7 @@ class Runtime:
         self.labels: dict[int, tuple[str, str]] = {
             r.index: (r.label, json.dumps(r.label)) for r in policy.routes
         }
-        self.instance: Instance | None = None  # set when Clerk's handshake is on
-        if clerk.handshake and clerk.publishable_key is not None:
-            self.instance = instance_for(
-                clerk.publishable_key,
-                proxy_url=clerk.proxy_url,
-                domain=clerk.domain,
-                satellite=clerk.is_satellite,
-                sign_in_url=policy.sign_in_url,
-                trusted_redirects=clerk.authorized_parties or (),
-            )
+        self.instance: Instance | None = instance_of(policy)  # Clerk's handshake on
         # the Backend API client outlives a reload that keeps its URL and secret
         same = backend is not None and backend.serves(clerk)
         self.backend = backend if backend is not None and same else BackendAPI(clerk)

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit, ur
 from gateway.clerk.keys import PublishableKey
 from gateway.clerk.tokens import NO_CATEGORY, SESSION_CATEGORY, decode, extract
 from gateway.decision import Principal, Reason
+from gateway.model import Policy
 
 SUPPORTED_BAPI_VERSION = "2026-05-12"
 MAX_REDIRECTS = 3
@@ -215,6 +216,22 @@ def instance_for(
     elif publishable_key.live and domain and satellite:
         frontend = f"clerk.{domain}"
     return Instance(frontend, not publishable_key.live, satellite, sign_in_url, trusted_redirects)
+
+
+def instance_of(policy: Policy) -> Instance | None:
+    """The policy's instance when the handshake is on, else None (a cookie is then only a
+    token, read by Clerk's cookie choice)."""
+    clerk = policy.clerk
+    if not clerk.handshake or clerk.publishable_key is None:
+        return None
+    return instance_for(
+        clerk.publishable_key,
+        proxy_url=clerk.proxy_url,
+        domain=clerk.domain,
+        satellite=clerk.is_satellite,
+        sign_in_url=policy.sign_in_url,
+        trusted_redirects=clerk.authorized_parties or (),
+    )
 
 
 # ---- the request ------------------------------------------------------------------------

@@ -252,3 +252,73 @@ async def test_the_access_log_and_metrics_label_checks_like_requests(both: Both)
         ).read()
     ).decode()
     assert 'reason="session-token-missing"' in metrics
+
+
+# ---- Clerk's handshake through an ingress -------------------------------------------------
+
+
+@pytest.fixture
+async def handshaking(
+    devclerk: DevClerk,
+    clerk_server: TestServer,
+    upstream: tuple[Upstream, TestServer],
+    tmp_path: Path,
+) -> AsyncIterator[Both]:
+    """A forward-auth gateway with the handshake on, for the app at https://app.example.com."""
+    state, server = upstream
+    text = policy_text(devclerk, clerk_server, str(server.make_url("")).rstrip("/"))
+    text = (
+        text.replace("trusted_proxies: [10.99.0.0/16]", "trusted_proxies: [127.0.0.1/32]")
+        .replace("  handshake: false", "  handshake: true")
+        .replace(
+            f"authorized_parties: [{devclerk.origin}]",
+            "authorized_parties: [https://app.example.com]",
+        )
+        .replace("  - {path: /api/webhooks/clerk, methods: [POST], access: webhook}\n", "")
+    )
+    path = tmp_path / "auth.yaml"
+    path.write_text(text)
+    auth = await start(
+        Gateway(str(path), env={}), Address(LOOPBACK, 0), Address(LOOPBACK, 0), mode="forward-auth"
+    )
+    assert auth.gateway.keys is not None
+    assert await auth.gateway.keys.wait_ready(5)
+    async with aiohttp.ClientSession() as http:
+        yield Both(auth, auth, devclerk, state, http)
+    await auth.close()
+
+
+async def test_the_handshake_in_the_nginx_form_carries_every_cookie_numbered(
+    handshaking: Both,
+) -> None:
+    clerk = handshaking.clerk
+    r = await ask(handshaking, "GET", "/dashboard", BROWSER, nginx=True)
+    assert r.status == 401
+    assert r.headers["X-Clerk-Redirect"].startswith(
+        "https://clerk.gateway-demo.localhost/v1/client/handshake?redirect_url="
+        "https%3A%2F%2Fapp.example.com%2Fdashboard&"
+    )
+    counter = "__clerk_redirect_count=1; SameSite=Lax; HttpOnly; Max-Age=2"
+    assert r.headers.getall("Set-Cookie") == [counter]
+    assert r.headers["X-Clerk-Set-Cookie-1"] == counter
+    # the return leg: the nonce resolved, Clerk's cookies set, on to the clean URL
+    client = clerk.sign_in("alice")
+    directives = clerk.handshake_directives(
+        client, origin="https://app.example.com", suffixed=True, dev_browser=True
+    )
+    nonce = clerk.issue_nonce(directives)
+    r = await ask(handshaking, "GET", f"/dashboard?__clerk_handshake_nonce={nonce}", BROWSER, True)
+    assert r.status == 401
+    assert r.headers["X-Clerk-Redirect"] == "https://app.example.com/dashboard"
+    assert r.headers.getall("Set-Cookie") == directives
+    numbered = [r.headers[f"X-Clerk-Set-Cookie-{n}"] for n in range(1, len(directives) + 1)]
+    assert numbered == directives
+    assert f"X-Clerk-Set-Cookie-{len(directives) + 1}" not in r.headers
+
+
+async def test_the_handshake_for_traefik_and_caddy_is_a_plain_307(handshaking: Both) -> None:
+    r = await ask(handshaking, "GET", "/dashboard", BROWSER, nginx=False)
+    assert r.status == 307
+    assert r.headers["Location"].startswith("https://clerk.gateway-demo.localhost/v1/client/")
+    assert "X-Clerk-Set-Cookie-1" not in r.headers
+    assert "X-Clerk-Redirect" not in r.headers

@@ -12,6 +12,8 @@ from pathlib import Path
 import jwt
 import pytest
 
+from gateway.devclerk import DevClerk
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
 
@@ -246,3 +248,88 @@ def test_explain_says_which_azp_a_copied_policy_refuses() -> None:
         "the token's azp 'https://other.example' is not one of clerk.authorized_parties: "
         "[https://app.example.com]"
     ) in result.stdout
+
+
+# ---- browser sessions: explain takes the cookie path `run` takes -----------------------------
+
+CLERK = DevClerk(origin="http://127.0.0.1:8080")
+WITH_HANDSHAKE = {
+    **APP,
+    "CLERK_PUBLISHABLE_KEY": CLERK.publishable_key,
+    "CLERK_SECRET_KEY": CLERK.secret_key,
+}
+PAGE = ["--header", "Sec-Fetch-Dest: document"]
+
+
+def explain_as(env: dict[str, str], *args: str) -> dict[str, object]:
+    result = cli("explain", "--config", "config/routes.yaml", *args, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def test_explain_shows_the_handshake_a_navigation_gets() -> None:
+    out = explain_as(WITH_HANDSHAKE, "GET", "http://127.0.0.1:8080/dashboard", *PAGE)
+    assert out["decision"] == "redirect"
+    assert out["status"] == 307
+    assert out["reason"] == "dev-browser-missing"
+    assert str(out["location"]).startswith(
+        "https://clerk.gateway-demo.localhost/v1/client/handshake?redirect_url="
+        "http%3A%2F%2F127.0.0.1%3A8080%2Fdashboard&"
+    )
+    # the same request as an API call is a 401, never a redirect
+    api = explain_as(WITH_HANDSHAKE, "GET", "http://127.0.0.1:8080/dashboard")
+    assert (api["status"], api["reason"]) == (401, "session-token-missing")
+
+
+def test_explain_reads_the_session_cookie_by_clerks_rules() -> None:
+    now = int(time.time())
+    token = CLERK.mint("user_1", now=now)
+    cookie = f"Cookie: __session={token}; __client_uat={now}; __clerk_db_jwt=dvb_1"
+    out = explain_as(
+        WITH_HANDSHAKE, "GET", "http://127.0.0.1:8080/dashboard", *PAGE, "--header", cookie
+    )
+    assert (out["decision"], out["status"]) == ("allow", 200)
+    headers = out["headers"]
+    assert isinstance(headers, dict)
+    assert headers["X-Clerk-User-Id"] == "user_1"
+    # signed in before this token was minted: refreshed through the handshake
+    stale = f"Cookie: __session={token}; __client_uat={now + 60}; __clerk_db_jwt=dvb_1"
+    out = explain_as(
+        WITH_HANDSHAKE, "GET", "http://127.0.0.1:8080/dashboard", *PAGE, "--header", stale
+    )
+    assert out["reason"] == "session-token-iat-before-client-uat"
+    # a cross-site POST riding on the cookie
+    post = explain_as(
+        WITH_HANDSHAKE,
+        "POST",
+        "http://127.0.0.1:8080/api/posts",
+        "--header",
+        cookie,
+        "--header",
+        "Sec-Fetch-Site: cross-site",
+    )
+    assert (post["status"], post["reason"]) == (403, "csrf-origin-mismatch")
+
+
+def test_explain_reads_the_session_cookie_without_the_handshake_too() -> None:
+    token = CLERK.mint("user_1")
+    out = explain_as(
+        {**APP, "CLERK_PUBLISHABLE_KEY": CLERK.publishable_key},
+        "GET",
+        "http://127.0.0.1:8080/dashboard",
+        "--header",
+        f"Cookie: __session={token}",
+    )
+    assert (out["decision"], out["status"]) == ("allow", 200)
+
+
+def test_explain_shows_a_handshake_coming_back() -> None:
+    out = explain_as(
+        WITH_HANDSHAKE,
+        "GET",
+        "http://127.0.0.1:8080/dashboard?__clerk_handshake_nonce=n1&tab=2",
+        *PAGE,
+    )
+    assert out["location"] == "http://127.0.0.1:8080/dashboard?tab=2"
+    assert out["reason"] is None
