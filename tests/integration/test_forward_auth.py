@@ -234,6 +234,13 @@ def test_a_missing_proxy_skips_and_says_how_to_install_it(
             proxies.require(kind)
 
 
+def test_the_docs_show_the_tested_files_verbatim() -> None:
+    doc = (proxies.EXAMPLES.parents[1] / "docs" / "forward-auth.md").read_text()
+    for kind, fence in (("nginx", "```nginx\n"), ("caddy", "```caddyfile\n")):
+        template = proxies.TEMPLATES[kind]
+        assert fence + template.read_text() + "```\n" in doc, f"paste {template} into the docs"
+
+
 def test_examples_have_every_placeholder_filled() -> None:
     for kind in KINDS:
         text = proxies.render(kind, gateway="g:1", upstream="u:2", listen="l:3")
