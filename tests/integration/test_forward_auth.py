@@ -39,6 +39,7 @@ import gateway.server
 from gateway.app import Gateway
 from gateway.config import parse_policy
 from gateway.devclerk import DevClerk
+from gateway.server import Listeners
 from gateway.settings import Address
 from tests.integration import proxies
 from tests.integration.conftest import LOOPBACK, Upstream, policy_text
@@ -299,11 +300,8 @@ class StandIn:
         else:
             need = "protected"
         if need != "public" and user is None:
-            where, status, reason = (
-                f"/sign-in?redirect_url={quote(url, safe='')}",
-                401,
-                ("session-token-missing"),
-            )
+            where = f"/sign-in?redirect_url={quote(url, safe='')}"
+            status, reason = 401, "session-token-missing"
         elif need == "admin" and role != "admin":
             where, status, reason = "/unauthorized", 403, "role-required"
         else:
@@ -609,7 +607,7 @@ async def test_standin_unreachable_auth_server_fails_closed(
 @dataclass
 class ForwardAuthGateway:
     gateway: Gateway
-    listeners: Any
+    listeners: Listeners
     clerk: DevClerk
 
     @property
