@@ -59,7 +59,14 @@ def original_request(headers: list[tuple[bytes, bytes]]) -> Original | Reason:
             seen[lower] = value.strip()
     original_url = seen.get(b"x-original-url")
     original_uri = seen.get(b"x-original-uri")
-    if original_url is not None or original_uri is not None or b"x-original-method" in seen:
+    nginx_form = original_url is not None or original_uri is not None
+    nginx_form = nginx_form or b"x-original-method" in seen
+    if nginx_form and (b"x-forwarded-method" in seen or b"x-forwarded-uri" in seen):
+        # described twice: one of the two came from the client through a proxy that passes
+        # headers it does not set (Traefik without authRequestHeaders, ingress-nginx and a
+        # client's X-Forwarded-Uri); picking either would let a client choose
+        return Reason.REQUEST_MALFORMED
+    if nginx_form:
         method = seen.get(b"x-original-method")
         proto, host, target = b"", seen.get(b"host", b""), original_uri
         if original_url is not None:

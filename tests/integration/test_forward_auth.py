@@ -313,12 +313,16 @@ class StandIn:
         )
         if not browser:
             return self.error(status, reason)
-        headers = CIMultiDict({"Cache-Control": "no-store", "Set-Cookie": "standin_count=1"})
-        if nginx_form:  # nginx auth_request passes on only 2xx/401/403
+        headers = CIMultiDict({"Cache-Control": "no-store"})
+        cookies = ("standin_count=1", "standin_other=2")
+        for cookie in cookies:
+            headers.add("Set-Cookie", cookie)
+        if nginx_form:  # nginx auth_request passes on only 2xx/401/403, and one Set-Cookie
             headers["X-Clerk-Redirect"] = where
+            for n, cookie in enumerate(cookies, start=1):
+                headers[f"X-Clerk-Set-Cookie-{n}"] = cookie
             return web.Response(status=status, headers=headers)
         headers["Location"] = where
-        headers.add("Set-Cookie", "standin_other=2")
         return web.Response(status=307, headers=headers)
 
     @staticmethod
@@ -525,9 +529,9 @@ async def test_standin_browser_denials_are_redirects(via_standin: Through) -> No
     assert r.status == 307, t.explain(r)
     assert r.headers["Location"] == f"/sign-in?redirect_url={t.original('/dashboard?tab=1')}"
     assert r.headers["Cache-Control"] == "no-store"
-    # nginx can carry one Set-Cookie through auth_request_set; Caddy passes them all
-    expected = ["standin_count=1"] if t.kind == "nginx" else ["standin_count=1", "standin_other=2"]
-    assert r.all("Set-Cookie") == expected
+    # every cookie reaches the browser (through nginx, by the numbered copies)
+    assert r.all("Set-Cookie") == ["standin_count=1", "standin_other=2"]
+    assert "X-Clerk-Set-Cookie-1" not in r.headers
     r = await t.get("/admin", standin_token("user_m", "member"), headers=BROWSER)
     assert (r.status, r.headers["Location"]) == (307, "/unauthorized"), t.explain(r)
     r = await t.get("/admin", standin_token("user_m", "member"), headers={"Accept": "text/html"})
@@ -648,11 +652,15 @@ async def forward_auth_gateway(
     workdir: Path,
     *,
     trust_loopback: bool = True,
+    handshake: bool = False,
 ) -> AsyncIterator[ForwardAuthGateway]:
     """The gateway in-process, in forward-auth mode, on ephemeral loopback ports."""
     path = workdir / "routes.yaml"
     text = policy_text(devclerk, clerk_server, str(upstream.make_url("")).rstrip("/"))
-    path.write_text(forward_auth_policy(text, trust_loopback=trust_loopback))
+    text = forward_auth_policy(text, trust_loopback=trust_loopback)
+    if handshake:
+        text = text.replace("  handshake: false", "  handshake: true")
+    path.write_text(text)
     gw = Gateway(str(path), env={})
     listeners = await gateway.server.start(
         gw, Address(LOOPBACK, 0), Address(LOOPBACK, 0), drain_timeout_s=5, mode="forward-auth"
@@ -852,5 +860,44 @@ async def test_proxy_missing_from_trusted_proxies_is_400(
     ):
         t = Through(p, state, http)
         r = await t.get("/public/page")
-        assert (r.status, r.json()["reason"]) == (400, "request-malformed"), t.explain(r)
+        assert (r.status, r.json()["reason"]) == (400, "proxy-untrusted"), t.explain(r)
+    assert state.requests == []
+
+
+async def test_the_end_of_clerks_handshake_sets_every_cookie_through_the_proxy(
+    proxy_kind: str,
+    devclerk: DevClerk,
+    clerk_server: TestServer,
+    upstream: tuple[Upstream, TestServer],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The browser comes back from Clerk's frontend API with a nonce: the gateway resolves
+    it and the proxy must hand the browser every cookie of the payload (nginx keeps one
+    Set-Cookie of an auth answer: the numbered copies carry the rest)."""
+    state, server = upstream
+    async with (
+        forward_auth_gateway(devclerk, clerk_server, server, tmp_path, handshake=True) as fa,
+        running_proxy(proxy_kind, tmp_path, gateway=fa.address, upstream=address(server)) as p,
+    ):
+        t = Through(p, state, http)
+        client = devclerk.sign_in("alice")
+        directives = devclerk.handshake_directives(
+            client, origin=devclerk.origin, suffixed=True, dev_browser=True
+        )
+        assert len(directives) == 6
+        nonce = devclerk.issue_nonce(directives)
+        browser = {"Accept": "text/html", "Sec-Fetch-Dest": "document"}
+        r = await t.get(f"/dashboard?tab=1&__clerk_handshake_nonce={nonce}", headers=browser)
+        assert r.status == 307, t.explain(r)
+        assert r.headers["Location"].endswith("/dashboard?tab=1"), t.explain(r)
+        assert sorted(r.headers.getall("Set-Cookie")) == sorted(directives), t.explain(r)
+        assert "X-Clerk-Set-Cookie-1" not in r.headers
+        # a handshake start: one cookie, the counter
+        r = await t.get("/dashboard", headers=browser)
+        assert r.status == 307, t.explain(r)
+        assert "/v1/client/handshake?" in r.headers["Location"]
+        assert [c.split("=")[0] for c in r.headers.getall("Set-Cookie")] == [
+            "__clerk_redirect_count"
+        ]
     assert state.requests == []

@@ -322,3 +322,24 @@ async def test_the_handshake_for_traefik_and_caddy_is_a_plain_307(handshaking: B
     assert r.headers["Location"].startswith("https://clerk.gateway-demo.localhost/v1/client/")
     assert "X-Clerk-Set-Cookie-1" not in r.headers
     assert "X-Clerk-Redirect" not in r.headers
+
+
+async def test_a_request_described_both_ways_is_refused(both: Both) -> None:
+    """One description came from the client through a proxy that passes headers it does not
+    set itself; the gateway never picks one."""
+    token = both.clerk.mint("user_member", role="member")
+    r = await both.http.get(
+        both.url(both.auth, "/auth"),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "X-Forwarded-Method": "GET",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "app.example.com",
+            "X-Forwarded-Uri": "/admin/users",
+            "X-Original-Method": "GET",
+            "X-Original-URL": "https://app.example.com/public/x",
+        },
+        allow_redirects=False,
+    )
+    assert r.status == 400
+    assert (await r.json())["reason"] == "request-malformed"
