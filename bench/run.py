@@ -742,8 +742,9 @@ def table(
         if "forward_auth_rps" in r:
             lines.append(
                 f"| {r['setup']} | {r['scenario']}{mark} ¹ | {r['forward_auth_rps']:,} | - "
-                f"| {r['nginx_proxy_rps']:,} | - | {r['ratio_vs_nginx']} | - | {r['p50_ms']} "
-                f"| {r['p99_ms']} | {cpu(r, '')} | - | {cpu(r, 'nginx_')} |"
+                f"| {r['nginx_proxy_rps']:,} | - | {_n(r['ratio_vs_nginx'], '.2f')} | - "
+                f"| {_n(r['p50_ms'], '.2f')} | {_n(r['p99_ms'], '.2f')} | {cpu(r, '')} | - "
+                f"| {cpu(r, 'nginx_')} |"
             )
             footnotes.append(
                 "¹ forward-auth: req/s and latency of the whole (nginx auth_request + gateway "
@@ -754,8 +755,9 @@ def table(
             continue
         lines.append(
             f"| {r['setup']} | {r['scenario']}{mark} | {r['gateway_rps']:,} | {_n(r['probe_rps'])} "
-            f"| {r['nginx_proxy_rps']:,} | {_n(r['direct_rps'])} | {r['ratio_vs_nginx']} "
-            f"| {_n(r['probe_ratio_vs_nginx'], '')} | {r['p50_ms']} | {r['p99_ms']} "
+            f"| {r['nginx_proxy_rps']:,} | {_n(r['direct_rps'])} | {_n(r['ratio_vs_nginx'], '.2f')} "
+            f"| {_n(r['probe_ratio_vs_nginx'], '.2f')} | {_n(r['p50_ms'], '.2f')} "
+            f"| {_n(r['p99_ms'], '.2f')} "
             f"| {cpu(r, '')} | {cpu(r, 'probe_')} | {cpu(r, 'nginx_')} |"
         )
     if any(not r["statuses_ok"] for r in rows):
