@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -58,7 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         help="processes sharing the port (default: $GATEWAY_WORKERS or 1)",
     )
     run.add_argument(
-        "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on SIGTERM"
+        "--shutdown-delay",
+        type=float,
+        default=_env_float("GATEWAY_SHUTDOWN_DELAY", 5.0),
+        metavar="S",
+        help="on SIGTERM, seconds to keep serving (with /readyz 503) before draining, while "
+        "load balancers stop sending traffic (default: $GATEWAY_SHUTDOWN_DELAY or 5)",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=_env_float("GATEWAY_DRAIN_TIMEOUT", 30.0),
+        metavar="S",
+        help="then, seconds to let in-flight requests finish (default: $GATEWAY_DRAIN_TIMEOUT or 30)",
     )
     _mode_argument(run)
     run.set_defaults(handler=_run)
@@ -140,6 +153,13 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value.isdigit() else default
 
 
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+
+
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     path = config_path(args.file)
     result = load_policy(path, for_run=False, mode=args.mode)
@@ -202,12 +222,18 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             admin_listen=parse_address(args.admin_listen),
             workers=args.workers,
             drain_timeout_s=args.drain_timeout,
+            shutdown_delay_s=args.shutdown_delay,
             mode=args.mode,
         )
     except ValueError as exc:
         parser.error(str(exc))
     if settings.workers < 1:
         parser.error("--workers must be at least 1")
+    if (
+        not 0 <= settings.shutdown_delay_s < math.inf
+        or not 0 <= settings.drain_timeout_s < math.inf
+    ):
+        parser.error("--shutdown-delay and --drain-timeout must be seconds, 0 or more")
     return serve(settings)
 
 

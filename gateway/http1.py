@@ -24,7 +24,6 @@ socket paused. Bodies stream both ways with flow control.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
 import logging
 from collections import deque
@@ -47,6 +46,8 @@ BODY_BUFFER = 256 * 1024  # buffered request body before the client is paused
 IDLE_TIMEOUT_S = 75.0
 LINGER_S = 2.0  # after a refusal, how long unread client bytes are still read and dropped
 LINGER_BYTES = 1 << 20
+FRESH_GRACE_S = 1.0  # draining: a connection silent this long since it opened is closed
+DRAIN_POLL_S = 0.05
 _PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 # What a connection is waiting for, and so which deadline applies.
@@ -453,8 +454,9 @@ class ClientConnection(asyncio.Protocol):
             raise httptools.HttpParserCallbackError("unsupported HTTP version")
         method = parser.get_method()
         ex = Exchange(self, method, self._url, version == "1.1", self._headers, perf_counter())
-        ex.keep_alive = parser.should_keep_alive()
         tracker = self.tracker
+        # shutting down: this response says `Connection: close`, and the connection ends
+        ex.keep_alive = parser.should_keep_alive() and tracker.accepting_keep_alive
         if self.trusted_for is not tracker.trust:
             self.trusted_for = tracker.trust  # a new policy: is the client trusted there?
             self.trusted = tracker.trust(self.client_ip)
@@ -670,6 +672,23 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
             self.transport.abort()
 
+    def last_response(self) -> None:
+        """Shutting down: the response not yet started is this connection's last."""
+        active = self._active
+        if active is not None and not active.response_started:
+            active.keep_alive = False
+
+    def finished_with(self, now: float) -> bool:
+        """Draining: nothing here to answer, so closing loses nothing. An idle keep-alive
+        connection; a tunnel (the client reconnects elsewhere); a connection that has sent
+        nothing for a moment (a browser's preconnect). Not one with a request started."""
+        phase = self.phase
+        if phase == IDLE:
+            return True
+        if phase == TUNNEL:
+            return self._tunnel is not None
+        return phase == FRESH and now - self.since > FRESH_GRACE_S
+
     @property
     def busy(self) -> bool:
         return self._active is not None
@@ -704,6 +723,7 @@ class ConnectionTracker:
     trust: Callable[[str], bool] = _trust_nobody  # replaced (as a new object) on reload
     accepting_keep_alive: bool = True
     _sweeper: asyncio.Task[None] | None = None
+    _drain_deadline: float = 0.0
 
     def follow(self, limits: Limits, rules: Any, trust: Callable[[str], bool]) -> None:
         """The running policy's: every connection reads them from here (a new `trust`
@@ -751,18 +771,35 @@ class ConnectionTracker:
         if self.on_refused is not None:
             self.on_refused(reason)
 
-    async def drain(self, within_s: float) -> None:
-        """Close idle connections now; wait (bounded) for busy ones to finish."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within_s):
-                while True:
-                    for conn in list(self.connections):
-                        if not conn.busy:
-                            conn.close()
-                    if not self.connections:
-                        return
-                    await asyncio.sleep(0.05)
-        for conn in list(self.connections):
+    def stop_keep_alive(self) -> None:
+        """Shutting down: every response from now on is its connection's last, so clients
+        reconnect (to another pod once the endpoints are updated) instead of holding on."""
+        self.accepting_keep_alive = False
+        for conn in self.connections:
+            conn.last_response()
+
+    async def drain(self, within_s: float) -> int:
+        """Once the listener accepts no more: close connections with nothing to answer,
+        let every started request finish (its connection closes after the response), for
+        at most `within_s`; then cut what is left. Returns how many were cut."""
+        self.stop_keep_alive()
+        loop = asyncio.get_running_loop()
+        self._drain_deadline = loop.time() + within_s
+        while self.connections:
+            now = loop.time()
+            if now >= self._drain_deadline:
+                break
+            for conn in list(self.connections):
+                if conn.finished_with(now):
+                    conn.close()
+            await asyncio.sleep(DRAIN_POLL_S)
+        cut = list(self.connections)
+        for conn in cut:
             conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        return len(cut)
+
+    def drain_timeout_now(self) -> None:
+        """End a drain under way: what is still open is cut."""
+        self._drain_deadline = 0.0

@@ -27,6 +27,7 @@ from gateway.http1 import ClientConnection, ConnectionTracker
 from gateway.logs import configure
 from gateway.runtime import Runtime
 from gateway.settings import Address, Settings
+from gateway.shutdown import Shutdown
 
 log = logging.getLogger("clerk_gateway")
 
@@ -41,13 +42,15 @@ class Listeners:
     admin_address: Address
     drain_timeout_s: float = 30.0
 
-    async def close(self) -> None:
-        # stop accepting on the public port, drain in-flight requests (bounded), then admin
+    async def close(self) -> int:
+        """Stop accepting on the public port, drain in-flight requests (bounded), then the
+        admin port (which answered /readyz 503 all along). How many connections were cut."""
         self.public.close()
-        await self.tracker.drain(self.drain_timeout_s)
+        cut = await self.tracker.drain(self.drain_timeout_s)
         await self.public.wait_closed()
         await self.admin.cleanup()
         await self.gateway.close()
+        return cut
 
 
 async def start(
@@ -58,9 +61,10 @@ async def start(
     drain_timeout_s: float = 30.0,
     reuse_port: bool = False,
     mode: str | None = None,
+    shutdown: Shutdown | None = None,
 ) -> Listeners:
     """Load the policy, start both listeners. `mode` ("proxy", "forward-auth") overrides
-    the policy's `mode:`."""
+    the policy's `mode:`; once `shutdown` has a signal, /readyz says so."""
     if mode is not None:
         gateway.mode_override = mode
     await gateway.start()
@@ -79,9 +83,8 @@ async def start(
         reuse_port=reuse_port or None,
         backlog=1024,
     )
-    admin = web.AppRunner(
-        admin_app(gateway.ready, gateway.metrics), access_log=None, shutdown_timeout=1.0
-    )
+    ready = gateway.ready if shutdown is None else shutdown.readiness(gateway.ready)
+    admin = web.AppRunner(admin_app(ready, gateway.metrics), access_log=None, shutdown_timeout=1.0)
     await admin.setup()
     admin_site = web.TCPSite(
         admin, admin_listen.host, admin_listen.port, reuse_port=reuse_port or None
@@ -111,14 +114,17 @@ async def run_until_stopped(
     *,
     reuse_port: bool = False,
     siblings: Callable[[], bool] | None = None,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> int:
-    """Serve until SIGTERM. `siblings`: with --workers N, whether all N are running (a
-    worker answers /readyz 503 while the supervisor restarts a dead sibling)."""
+    """Serve until SIGTERM, then stop without refusing anyone (shutdown.py). `siblings`:
+    with --workers N, whether all N are running (a worker answers /readyz 503 while the
+    supervisor restarts a dead sibling)."""
     gateway = Gateway(settings.config, mode=settings.mode)
     if siblings is not None:
         gateway.readiness_checks.append(
             lambda: (True, "ready") if siblings() else (False, "workers-missing")
         )
+    shutdown = Shutdown()
     try:
         listeners = await start(
             gateway,
@@ -126,6 +132,7 @@ async def run_until_stopped(
             settings.admin_listen,
             drain_timeout_s=settings.drain_timeout_s,
             reuse_port=reuse_port,
+            shutdown=shutdown,
         )
     except ValueError as exc:
         print(f"clerk-gateway: refusing to start, the policy is invalid:\n{exc}", file=sys.stderr)
@@ -140,10 +147,9 @@ async def run_until_stopped(
     # cyclic collector's sight, so collections on the request path stay short (p99).
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    for signum in stop_signals:
+        loop.add_signal_handler(signum, shutdown.signal)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
     log.info(
         "listening",
@@ -154,10 +160,39 @@ async def run_until_stopped(
             "pid": os.getpid(),
         },
     )
-    await stop.wait()
-    log.info("draining", extra={"timeout_s": settings.drain_timeout_s})
-    await listeners.close()
+    await shutdown.until(1)
+    await stop(listeners, shutdown, settings)
     return 0
+
+
+async def stop(listeners: Listeners, shutdown: Shutdown, settings: Settings) -> None:
+    """After the first stop signal: /readyz already answers 503; keep serving for the
+    delay (every response now closes its connection), then drain."""
+    tracker = listeners.tracker
+    log.info(
+        "shutting down",
+        extra={
+            "delay_s": settings.shutdown_delay_s,
+            "drain_timeout_s": settings.drain_timeout_s,
+            "connections": len(tracker.connections),
+        },
+    )
+    tracker.stop_keep_alive()
+    if await shutdown.until(2, settings.shutdown_delay_s):
+        log.info("shutdown delay cut short by a second signal")
+    log.info(
+        "draining",
+        extra={"timeout_s": settings.drain_timeout_s, "connections": len(tracker.connections)},
+    )
+    closing = asyncio.ensure_future(listeners.close())
+    third = asyncio.ensure_future(shutdown.until(3))
+    await asyncio.wait((closing, third), return_when=asyncio.FIRST_COMPLETED)
+    if third.done():
+        log.info("drain cut short by a third signal")
+        tracker.drain_timeout_now()
+    third.cancel()
+    cut = await closing
+    log.info("stopped", extra={"connections_cut": cut})
 
 
 def _use_uvloop() -> None:
@@ -168,10 +203,19 @@ def _use_uvloop() -> None:
 
 
 def _worker(settings: Settings, running: Synchronized[int]) -> None:
+    # Ctrl-C reaches the whole process group: the supervisor forwards it once, as SIGTERM,
+    # so each press is one step of the stop sequence for every worker, not two
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure()
     _use_uvloop()
     siblings = partial(_all_running, running, settings.workers)
-    sys.exit(asyncio.run(run_until_stopped(settings, reuse_port=True, siblings=siblings)))
+    sys.exit(
+        asyncio.run(
+            run_until_stopped(
+                settings, reuse_port=True, siblings=siblings, stop_signals=(signal.SIGTERM,)
+            )
+        )
+    )
 
 
 def _all_running(running: Synchronized[int], wanted: int) -> bool:
@@ -228,6 +272,7 @@ class Supervisor:
     def _forward(self, signum: int, _frame: object) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
+            signum = signal.SIGTERM  # workers ignore SIGINT (see _worker)
         for worker in self.alive:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)

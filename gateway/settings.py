@@ -25,6 +25,7 @@ class Settings:
     admin_listen: Address
     workers: int = 1
     drain_timeout_s: float = 30.0
+    shutdown_delay_s: float = 5.0  # SIGTERM: keep serving this long before draining
     watch_interval_s: float = 2.0
     mode: str | None = None  # --mode: over the policy's `mode:`
 

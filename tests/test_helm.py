@@ -19,6 +19,7 @@ import yaml
 
 helm = pytest.importorskip("helm_python")
 
+from gateway.__main__ import _parser  # noqa: E402
 from gateway.config import parse_policy  # noqa: E402
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "clerk-gateway"
@@ -615,6 +616,9 @@ def test_shutdown_flags_and_a_grace_period_that_covers_them() -> None:
     assert args_after(container, "--shutdown-delay") == "15"
     assert args_after(container, "--drain-timeout") == "60"
     assert pod_spec(gateway_deployment(docs))["terminationGracePeriodSeconds"] == 15 + 60 + 10
+    # the flags are the command line's own: the gateway's parser reads them as meant
+    args = _parser().parse_args(container["args"])
+    assert (args.command, args.shutdown_delay, args.drain_timeout) == ("run", 15.0, 60.0)
 
 
 def test_startup_probe_can_be_turned_off() -> None:

@@ -9,7 +9,9 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,6 +34,25 @@ async def wait_http(url: str, within: float = 20.0) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
+
+
+async def wait_refused(port: int, within: float = 10.0) -> None:
+    """Until a new connection to `port` is refused (the listener has closed), bounded."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(LOOPBACK, port)
+            except ConnectionRefusedError:
+                return
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            await asyncio.sleep(0.05)
+
+
+async def readyz(http: aiohttp.ClientSession, admin: int) -> tuple[int, Any]:
+    async with http.get(f"http://{LOOPBACK}:{admin}/readyz", headers={"Connection": "close"}) as r:
+        return r.status, await r.json()
 
 
 @pytest.fixture
@@ -67,7 +88,9 @@ async def test_sigterm_drains_an_in_flight_request(
 ) -> None:
     state, server = held_upstream
     port, admin = free_port(), free_port()
-    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--drain-timeout", "10")
+    proc = await run_gateway(
+        tmp_path, devclerk, server, port, admin, "--drain-timeout", "10", "--shutdown-delay", "0"
+    )
     try:
         await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
         async with aiohttp.ClientSession() as http:
@@ -76,10 +99,8 @@ async def test_sigterm_drains_an_in_flight_request(
                 while not state.requests:
                     await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            with pytest.raises(aiohttp.ClientConnectionError):
-                async with http.get(f"http://{LOOPBACK}:{port}/public/new"):
-                    pass  # the listener is closed: no new requests during the drain
+            # no delay asked for: the listener closes at once, the request in flight drains
+            await wait_refused(port)
             state.release.set()
             response = await asyncio.wait_for(in_flight, 10)
             assert response.status == 200
@@ -148,7 +169,9 @@ async def test_workers_share_the_port_and_stop_together(
 ) -> None:
     state, server = held_upstream
     port, admin = free_port(), free_port()
-    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--workers", "2")
+    proc = await run_gateway(
+        tmp_path, devclerk, server, port, admin, "--workers", "2", "--shutdown-delay", "0"
+    )
     try:
         assert proc.stdout is not None
         pids: set[int] = set()
@@ -181,7 +204,9 @@ async def test_a_killed_worker_is_restarted_and_readyz_says_so_meanwhile(
 ) -> None:
     _, server = held_upstream
     port, admin = free_port(), free_port()
-    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--workers", "2")
+    proc = await run_gateway(
+        tmp_path, devclerk, server, port, admin, "--workers", "2", "--shutdown-delay", "0"
+    )
     assert proc.stdout is not None
     stdout = proc.stdout
 
@@ -228,7 +253,7 @@ async def test_reload_command_reloads_a_running_gateway(
 ) -> None:
     _, server = held_upstream
     port, admin = free_port(), free_port()
-    proc = await run_gateway(tmp_path, devclerk, server, port, admin)
+    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--shutdown-delay", "0")
     assert proc.stdout is not None
     try:
         await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
@@ -245,6 +270,174 @@ async def test_reload_command_reloads_a_running_gateway(
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         await proc.stdout.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# ---- zero-downtime shutdown ------------------------------------------------------------------
+
+DELAY_S = 3.0
+DRAIN_S = 5.0
+MARGIN_S = 0.8  # load stops this long before the delay ends: requests in the air then are fine
+
+
+@dataclass
+class Load:
+    """What the clients saw: every outcome, and whether keep-alive clients were told to close."""
+
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    told_to_close: set[int] = field(default_factory=set)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def client(self, base: str, n: int, *, keep_alive: bool, after: asyncio.Event) -> None:
+        """Requests back to back until `stop`: over one pooled connection at a time
+        (keep_alive), or each on a new connection."""
+        connector = aiohttp.TCPConnector(limit=1, force_close=not keep_alive)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    async with http.get(f"{base}/public/c{n}-{i}") as r:
+                        await r.read()
+                        if r.status != 200:
+                            self.failures.append(f"client {n} request {i}: {r.status}")
+                        if keep_alive and after.is_set() and r.headers["Connection"] == "close":
+                            self.told_to_close.add(n)
+                except (aiohttp.ClientError, OSError) as exc:
+                    self.failures.append(f"client {n} request {i}: {exc!r}")
+                self.sent += 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_steady_stream_of_requests_through_sigterm_loses_none(
+    tmp_path: Path,
+    devclerk: DevClerk,
+    held_upstream: tuple[Upstream, TestServer],
+    workers: int,
+) -> None:
+    """What a rolling update does to a pod: SIGTERM while traffic flows. /readyz turns 503 at
+    once; for the delay every request is still served (keep-alive clients are told to close
+    and reconnect, new connections are accepted); then the listener closes, the request in
+    flight finishes, and the process exits within delay + drain."""
+    state, server = held_upstream
+    port, admin = free_port(), free_port()
+    proc = await run_gateway(
+        tmp_path,
+        devclerk,
+        server,
+        port,
+        admin,
+        *("--workers", str(workers)),
+        *("--shutdown-delay", str(DELAY_S), "--drain-timeout", str(DRAIN_S)),
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    lines: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        # as it comes: a full pipe would block the gateway's writes (an access line each)
+        while line := await stdout.readline():
+            lines.append(json.loads(line))
+
+    output = asyncio.create_task(read())
+    base = f"http://{LOOPBACK}:{port}"
+    loop = asyncio.get_running_loop()
+    load = Load()
+    signalled = asyncio.Event()
+    clients: list[asyncio.Task[Any]] = []
+    try:
+        async with asyncio.timeout(30):  # every worker is up
+            while sum(1 for e in lines if e["msg"] == "listening") < workers:
+                await asyncio.sleep(0.02)
+        await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
+        clients = [
+            asyncio.create_task(load.client(base, n, keep_alive=n < 4, after=signalled))
+            for n in range(6)  # four keep-alive clients, two opening a connection per request
+        ]
+        async with asyncio.timeout(10):
+            while load.sent < 50:  # the load is flowing before the signal
+                await asyncio.sleep(0.02)
+        assert load.failures == []
+        before = load.sent
+
+        proc.send_signal(signal.SIGTERM)
+        signalled_at = loop.time()
+        signalled.set()
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(1.0):  # "at once": well within the delay
+                while (await readyz(http, admin))[0] != 503:
+                    await asyncio.sleep(0.01)
+            for _ in range(2 * workers):  # every worker says so (the port is shared)
+                assert await readyz(http, admin) == (
+                    503,
+                    {"status": "not-ready", "reason": "shutting-down"},
+                )
+            # a slow request, accepted during the delay: the drain lets it finish
+            held = asyncio.create_task(http.get(f"{base}/public/held"))
+            clients.append(held)
+            async with asyncio.timeout(5):
+                while not any(r["raw_path"] == "/public/held" for r in state.requests):
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(max(0.0, signalled_at + DELAY_S - MARGIN_S - loop.time()))
+            load.stop.set()
+            async with asyncio.timeout(10):
+                await asyncio.gather(*clients[:-1])
+            assert load.failures == []  # none refused, none reset, every one a 200
+            assert load.sent - before > 20  # and the stream did flow through the delay
+            assert load.told_to_close == {0, 1, 2, 3}  # each keep-alive client was moved on
+
+            await wait_refused(port, within=DELAY_S + 2)  # the delay is over: no new connections
+            assert loop.time() - signalled_at >= DELAY_S - 0.5
+            assert not held.done()  # still in flight, and not cut
+            state.release.set()
+            async with asyncio.timeout(DRAIN_S):
+                response = await held
+                assert (response.status, await response.text()) == (200, "released")
+                response.release()
+        assert await asyncio.wait_for(proc.wait(), DELAY_S + DRAIN_S + 5) == 0
+        assert loop.time() - signalled_at < DELAY_S + DRAIN_S + 5
+        await asyncio.wait_for(output, 5)
+        for msg in ("shutting down", "draining", "stopped"):
+            assert sum(1 for e in lines if e["msg"] == msg) == workers, msg
+        assert all(e["connections_cut"] == 0 for e in lines if e["msg"] == "stopped")
+        if workers == 1:  # (workers share stdout, and access lines name no pid)
+            stamps = [e["ts"] for e in lines]
+            assert stamps == sorted(stamps)  # access lines and the others, in time order
+    finally:
+        load.stop.set()
+        state.release.set()
+        for task in clients:
+            task.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        output.cancel()
+
+
+async def test_a_second_sigterm_cuts_the_delay_short(
+    tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
+) -> None:
+    _, server = held_upstream
+    port, admin = free_port(), free_port()
+    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--shutdown-delay", "600")
+    try:
+        await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
+        proc.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+            while (await readyz(http, admin))[0] != 503:
+                await asyncio.sleep(0.02)
+            async with http.get(f"http://{LOOPBACK}:{port}/public/still") as r:
+                assert r.status == 200  # serving during the delay
+                assert r.headers["Connection"] == "close"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert proc.stdout is not None
+        output = (await proc.stdout.read()).decode()
+        assert '"msg":"shutdown delay cut short by a second signal"' in output
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -62,6 +62,31 @@ def test_version() -> None:
     assert re.fullmatch(r"clerk-gateway \d+\.\d+\.\d+ \(Python 3\.\d+\.\d+\)\n", result.stdout)
 
 
+def test_run_takes_the_shutdown_delay_from_its_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.__main__ import _parser
+
+    monkeypatch.delenv("GATEWAY_SHUTDOWN_DELAY", raising=False)
+    monkeypatch.delenv("GATEWAY_DRAIN_TIMEOUT", raising=False)
+    args = _parser().parse_args(["run"])
+    assert (args.shutdown_delay, args.drain_timeout) == (5.0, 30.0)
+    monkeypatch.setenv("GATEWAY_SHUTDOWN_DELAY", "12.5")
+    monkeypatch.setenv("GATEWAY_DRAIN_TIMEOUT", "45")
+    args = _parser().parse_args(["run"])
+    assert (args.shutdown_delay, args.drain_timeout) == (12.5, 45.0)
+    args = _parser().parse_args(["run", "--shutdown-delay", "0"])
+    assert args.shutdown_delay == 0.0
+
+
+@pytest.mark.parametrize("flag", ["--shutdown-delay", "--drain-timeout"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_run_refuses_a_shutdown_time_that_is_not_seconds(flag: str, value: str) -> None:
+    result = cli("run", "--config", "config/routes.yaml", flag, value)
+    assert result.returncode == 2
+    assert "must be seconds, 0 or more" in result.stderr
+
+
 def test_reload_refuses_a_process_that_is_not_a_gateway() -> None:
     import os
 
