@@ -20,6 +20,10 @@ from typing import Any, TextIO
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 65_536
+# POSIX: a write of at most PIPE_BUF bytes to a pipe is never interleaved with another's.
+# Workers share stdout (a pipe under a container runtime): a batch goes out in writes of
+# whole lines no larger than this, so no line is ever torn by another process's.
+PIPE_BUF = 4096
 
 
 class LineWriter:
@@ -52,13 +56,26 @@ class LineWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._lines:
+        lines = self._lines
+        if not lines:
             return
-        stream = self.stream or sys.stdout
-        stream.write("\n".join(self._lines) + "\n")
-        stream.flush()
         self._lines = []
         self._size = 0
+        stream = self.stream or sys.stdout
+        # lines are ASCII (JSON escapes the rest): characters are bytes
+        if len(lines) == 1 or sum(map(len, lines)) + len(lines) <= PIPE_BUF:
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+            return
+        start, size = 0, 0
+        for end, line in enumerate(lines):
+            if size and size + len(line) + 1 > PIPE_BUF:
+                stream.write("\n".join(lines[start:end]) + "\n")
+                stream.flush()
+                start, size = end, 0
+            size += len(line) + 1
+        stream.write("\n".join(lines[start:]) + "\n")
+        stream.flush()
 
 
 WRITER = LineWriter()
@@ -94,10 +111,38 @@ def number(value: float | int | None) -> str:
     return "null" if value is None else str(value)
 
 
+MAX_USER_AGENT = 512  # characters of a client-sent value logged: enough for any real one
+STRINGS_KEPT = 4096  # client-given values (host, user agent, address) kept in JSON form
+KEPT_LENGTH = 256  # longer values are not remembered: 4096 of them stay under 2 MiB
+
+
+class Strings:
+    """What a client sends, as a JSON string for the log line, remembered per value: the
+    same Host, User-Agent and address come again and again, and a dict hit costs less than
+    decoding and checking them. Bounded in count and in size: a client sending thousands
+    of distinct 16 KiB User-Agents must not make the process hold them."""
+
+    __slots__ = ("_json",)
+
+    def __init__(self) -> None:
+        self._json: dict[bytes | str | None, str] = {None: "null"}
+
+    def json(self, value: bytes | str | None) -> str:
+        found = self._json.get(value)
+        if found is None:
+            assert value is not None  # None is in the table from the start
+            text = value[:MAX_USER_AGENT].decode("latin-1") if isinstance(value, bytes) else value
+            found = quoted(text[:MAX_USER_AGENT])
+            if len(self._json) < STRINGS_KEPT and len(value) <= KEPT_LENGTH:
+                self._json[value] = found
+        return found
+
+
 _REQUEST = (
     '{"ts":"%s.%03dZ","level":"info","logger":"clerk_gateway.access","msg":"request",'
-    '"method":"%s","path":%s,"route":%s,"access":"%s","decision":"%s","status":%d,'
-    '"reason":%s,"user_id":%s,"duration_ms":%.3f,"upstream_status":%s,"upstream_ms":%s%s}'
+    '"method":"%s","host":%s,"path":%s,"route":%s,"access":"%s","decision":"%s","status":%d,'
+    '"reason":%s,"user_id":%s,"duration_ms":%.3f,"upstream_status":%s,"upstream_ms":%s,'
+    '"client":%s,"user_agent":%s,"request_id":"%s","trace_id":%s%s}'
 )
 
 
@@ -109,6 +154,7 @@ class AccessLog:
         self._clock = Clock()
         self._second = -1
         self._stamp = ""
+        self._strings = Strings()
 
     def request(
         self,
@@ -123,15 +169,23 @@ class AccessLog:
         duration_s: float,
         upstream_status: int | None,
         upstream_s: float | None,
+        client: str,
+        host: bytes,
+        user_agent: bytes | None,
+        request_id: bytes,
+        traceparent: bytes,
         tail: str = "",
     ) -> None:
-        """One request's line: one %-format. `route` is a JSON string already (labels are
-        escaped once); `tail` more `,"key":value` pairs, JSON already; `path` is a
-        normalised path, which holds no character JSON would escape."""
+        """One request's line: one f-string or %-format. `route` is a JSON string already
+        (labels are escaped once); `tail` more `,"key":value` pairs, JSON already; `path` is a
+        normalised path, which holds no character JSON would escape; nor does the request id
+        (correlation.py admits none) or the traceparent (hex; b"": no trace). `client`,
+        `host` and `user_agent` come from the client, and are escaped when they need it."""
         if self.sink is not None:
             self.sink(
                 {
                     "method": method,
+                    "host": host.decode("latin-1"),
                     "path": path,
                     "route": json.loads(route),
                     "access": access,
@@ -142,6 +196,10 @@ class AccessLog:
                     "duration_ms": round(duration_s * 1000, 3),
                     "upstream_status": upstream_status,
                     "upstream_ms": None if upstream_s is None else round(upstream_s * 1000, 3),
+                    "client": client,
+                    "user_agent": None if user_agent is None else user_agent.decode("latin-1"),
+                    "request_id": request_id.decode("ascii"),
+                    "trace_id": traceparent[3:35].decode("ascii") if traceparent else None,
                     **(json.loads("{" + tail[1:] + "}") if tail else {}),
                 }
             )
@@ -152,16 +210,20 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        strings = self._strings
+        trace = f'"{traceparent[3:35].decode("ascii")}"' if traceparent else "null"
         if reason is None and upstream_s is not None and path is not None:
             # the common line as an f-string: compiled once, no format parsing per call
             user = "null" if user_id is None else quoted(user_id)
             self.writer.later(
                 f'{{"ts":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info",'
                 f'"logger":"clerk_gateway.access","msg":"request","method":"{method}",'
-                f'"path":"{path}","route":{route},"access":"{access}","decision":"{decision}",'
-                f'"status":{status},"reason":null,"user_id":{user},'
-                f'"duration_ms":{duration_s * 1000:.3f},"upstream_status":{upstream_status},'
-                f'"upstream_ms":{upstream_s * 1000:.3f}{tail}}}'
+                f'"host":{strings.json(host)},"path":"{path}","route":{route},'
+                f'"access":"{access}","decision":"{decision}","status":{status},'
+                f'"reason":null,"user_id":{user},"duration_ms":{duration_s * 1000:.3f},'
+                f'"upstream_status":{upstream_status},"upstream_ms":{upstream_s * 1000:.3f},'
+                f'"client":{strings.json(client)},"user_agent":{strings.json(user_agent)},'
+                f'"request_id":"{request_id.decode("ascii")}","trace_id":{trace}{tail}}}'
             )
             return
         self.writer.later(
@@ -170,6 +232,7 @@ class AccessLog:
                 self._stamp,
                 int((now - second) * 1000),
                 method,
+                strings.json(host),
                 "null" if path is None else f'"{path}"',
                 route,
                 access,
@@ -180,6 +243,10 @@ class AccessLog:
                 duration_s * 1000,
                 "null" if upstream_status is None else upstream_status,
                 "null" if upstream_s is None else f"{upstream_s * 1000:.3f}",
+                strings.json(client),
+                strings.json(user_agent),
+                request_id.decode("ascii"),
+                trace,
                 tail,
             )
         )

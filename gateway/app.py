@@ -57,7 +57,7 @@ from gateway.config import load_policy
 from gateway.decide import STATE_CHANGING, Located, Outcome, cross_site, decide
 from gateway.decision import Access, Decision, Principal, Reason
 from gateway.forwardauth import Original, allowed, for_nginx, original_request
-from gateway.headers import replace_cookie, upstream_head
+from gateway.headers import client_address, replace_cookie, upstream_head
 from gateway.http1 import Continuation, Exchange
 from gateway.identity import header_block, identity_values
 from gateway.metrics import Metrics
@@ -695,6 +695,10 @@ class Gateway:
         if ex.forwarding:
             self.metrics.in_flight -= 1
         note = ex.note
+        client = ex.conn.client_ip
+        if ex.forwarded is not None:  # a trusted proxy's: the client is in X-Forwarded-For
+            client = client_address(ex.forwarded, client, self.runtime.trust)
+        original: Original | None = ex.original  # forward-auth: the request decided
         self.access_log.request(
             ex.method.decode("latin-1"),
             ex.path,
@@ -707,21 +711,38 @@ class Gateway:
             elapsed,
             ex.upstream_status,
             ex.upstream_s,
+            client,
+            ex.host if original is None else original.host,
+            ex.user_agent,
+            ex.request_id,
+            ex.traceparent,
             "".join(f",{json.dumps(k)}:{json.dumps(v)}" for k, v in note.items()) if note else "",
         )
 
-    def refused(self, reason: Reason) -> None:
+    def refused(self, reason: Reason, client: str, request_id: bytes) -> None:
         """A request the HTTP parser refused (414, 431, 408, malformed): counted, logged."""
         status = status_of(reason)
         self.metrics.record("default", "-", "deny", reason.value, status, 0.0)
-        self.access_log.record({"decision": "deny", "reason": reason.value, "status": status})
+        self.access_log.record(
+            {
+                "decision": "deny",
+                "reason": reason.value,
+                "status": status,
+                "client": client,
+                "request_id": request_id.decode("ascii"),
+            }
+        )
 
     def crashed(self, ex: Exchange) -> None:
         """A bug: logged with its traceback, counted, answered 500 (never a hang, never a
         'malformed request'), and the connection closed after the answer."""
         log.exception(
             "request handling failed",
-            extra={"method": ex.method.decode("latin-1"), "path": ex.path},
+            extra={
+                "method": ex.method.decode("latin-1"),
+                "path": ex.path,
+                "request_id": ex.request_id.decode("ascii"),  # the client was told this one
+            },
         )
         ex.keep_alive = False
         ex.reason = Reason.INTERNAL_ERROR

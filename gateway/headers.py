@@ -16,8 +16,10 @@ lookup. Kept headers are forwarded byte for byte; the forwarded head is one join
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
+
+from gateway.correlation import traced
 
 # What to do with a request header (the cached verdict per name).
 KEEP = 0
@@ -35,11 +37,13 @@ X_FORWARDED_FOR = 11
 X_FORWARDED_PROTO = 12
 X_FORWARDED_HOST = 13
 FORWARDED = 14
-REQUEST_ID = 15  # kept, and read (log correlation)
-TRACEPARENT = 16  # kept, and read
+REQUEST_ID = 15  # read, and replaced (correlation.py)
+TRACEPARENT = 16  # read, and forwarded only when valid
 USER_AGENT = 17  # kept, and read (the access log)
+TRACESTATE = 18  # read, and forwarded with a valid traceparent only
 
 RESERVED_PREFIX = b"x-clerk-"
+TWO_TRACEPARENTS = b"two"  # what `scan` reads then: invalid, so a new trace begins
 
 # RFC 9110 7.6.1: connection-specific headers never cross a proxy.
 HOP_BY_HOP = frozenset(
@@ -105,6 +109,7 @@ _SPECIAL = {
     b"forwarded": FORWARDED,
     b"x-request-id": REQUEST_ID,
     b"traceparent": TRACEPARENT,
+    b"tracestate": TRACESTATE,
     b"user-agent": USER_AGENT,
 }
 _ACTIONS_CACHED = 2048  # distinct names remembered per policy; a flood of others is just slower
@@ -136,6 +141,8 @@ class HeaderRules:
         folded = lower.translate(_NOT_ALNUM)
         if lower in HOP_BY_HOP or folded.startswith(RESERVED_PREFIX) or folded in self.reserved:
             return DROP
+        if folded == b"x-request-id":
+            return DROP  # X_Request_Id is X-Request-Id to CGI and WSGI: the gateway's, only
         if folded in OVERRIDES:
             return OVERRIDE
         return KEEP
@@ -160,8 +167,9 @@ class RequestHeaders(Protocol):
     expect: bytes | None
     upgrade_to: bytes | None
     forwarded: list[tuple[int, bytes]] | None
-    request_id: bytes | None
-    traceparent: bytes | None
+    request_id: bytes  # b"": none sent
+    traceparent: bytes  # b"": none sent
+    tracestate: bytes | None
     user_agent: bytes | None
 
 
@@ -221,11 +229,13 @@ def scan(
             if trusted:
                 kept += (name, b": ", value, b"\r\n")
         elif action == REQUEST_ID:
-            into.request_id = value
-            kept += (name, b": ", value, b"\r\n")
+            if not into.request_id:
+                into.request_id = value
         elif action == TRACEPARENT:
-            into.traceparent = value
-            kept += (name, b": ", value, b"\r\n")
+            # two are invalid (W3C trace context)
+            into.traceparent = TWO_TRACEPARENTS if into.traceparent else value
+        elif action == TRACESTATE:
+            into.tracestate = value if into.tracestate is None else into.tracestate + b"," + value
     if into.connection is not None:
         _drop_listed(into)
 
@@ -277,6 +287,29 @@ def forwarded_lines(
     return forwarded_for, scheme, host
 
 
+def client_address(
+    forwarded: list[tuple[int, bytes]], peer: str, trusted: Callable[[str], bool]
+) -> str:
+    """The client's address, for the log: walking a trusted proxy's X-Forwarded-For from
+    our side, the first hop that is not itself a trusted proxy. Never the leftmost hop
+    blindly: a client writes that one itself, and proxies append to it."""
+    values = [value for action, value in forwarded if action == X_FORWARDED_FOR]
+    if not values:
+        return peer
+    if len(values) == 1 and b"," not in values[0]:
+        # one hop, the client's or the farthest proxy's: the common case, without a lookup
+        return values[0].strip().decode("latin-1") or peer
+    farthest = peer
+    for hop in reversed(b",".join(values).split(b",")):
+        address = hop.strip().decode("latin-1")
+        if not address:
+            continue
+        if not trusted(address):
+            return address
+        farthest = address
+    return farthest  # every hop a trusted proxy: the one farthest away
+
+
 def upstream_head(
     into: RequestHeaders,
     target: bytes,
@@ -288,7 +321,8 @@ def upstream_head(
 ) -> bytes:
     """The request head sent upstream: the request line, the client's headers as kept by
     `scan` (byte for byte), then ours: Host (the client's unless `host` names the
-    upstream), X-Forwarded-*, the identity block and the body framing. One join."""
+    upstream), X-Forwarded-*, the request id and trace context (`correlation.py`), the
+    identity block and the body framing. One join."""
     if into.forwarded is None:
         forwarded_for, scheme, forwarded_host = client_ip, proto, into.host
     else:
@@ -297,7 +331,18 @@ def upstream_head(
     parts += into.kept
     parts.append(
         b"Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-        b"%s%s\r\n" % (host or into.host, forwarded_for, scheme, forwarded_host, identity, framing)
+        b"X-Request-Id: %s\r\ntraceparent: %s\r\n%s%s%s\r\n"
+        % (
+            host or into.host,
+            forwarded_for,
+            scheme,
+            forwarded_host,
+            into.request_id,
+            traced(into),  # a request forwarded without a trace begins one
+            b"" if into.tracestate is None else b"tracestate: %s\r\n" % into.tracestate,
+            identity,
+            framing,
+        )
     )
     return b"".join(parts)
 

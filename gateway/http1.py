@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
+from gateway.correlation import correlate, new_request_id
 from gateway.decision import Reason
 from gateway.headers import scan
 from gateway.model import Limits
@@ -65,6 +66,12 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason or _PHRASES.get(status, b"Unknown"))
 
 
+def with_request_id(response: bytes, request_id: bytes) -> bytes:
+    """`response` with an `X-Request-Id` header after its status line."""
+    at = response.index(b"\r\n") + 2
+    return b"%sX-Request-Id: %s\r\n%s" % (response[:at], request_id, response[at:])
+
+
 class Handler(Protocol):
     """What the listener asks of the application (app.Gateway)."""
 
@@ -74,7 +81,7 @@ class Handler(Protocol):
     def complete(self, ex: Exchange) -> None:
         """The exchange ended (answered, forwarded, failed or abandoned): record it."""
 
-    def refused(self, reason: Reason) -> None:
+    def refused(self, reason: Reason, client: str, request_id: bytes) -> None:
         """A request the parser refused before it became an exchange."""
 
     def crashed(self, ex: Exchange) -> None:
@@ -97,8 +104,9 @@ class Exchange:
     expect: bytes | None = None
     upgrade_to: bytes | None = None
     forwarded: list[tuple[int, bytes]] | None = None
-    request_id: bytes | None = None
-    traceparent: bytes | None = None
+    request_id = b""  # as sent, then settled by correlation.correlate
+    traceparent = b""  # likewise
+    tracestate: bytes | None = None
     user_agent: bytes | None = None
     response_headers: tuple[bytes, ...] = ()  # lines the gateway adds to the response
     # framing
@@ -254,13 +262,13 @@ class Exchange:
         self.conn.write(data)
 
     def reply(self, response: bytes, status: int) -> None:
-        """A complete response of the gateway's own (responses.py builds the bytes)."""
+        """A complete response of the gateway's own (responses.py builds the bytes, the
+        same for every request: the request id goes in here)."""
         self.status = status
         self.response_started = True
-        if self.method != b"HEAD":
-            self.conn.write(response)
-        else:
-            self.conn.write(response[: response.index(b"\r\n\r\n") + 4])
+        if self.method == b"HEAD":
+            response = response[: response.index(b"\r\n\r\n") + 4]
+        self.conn.write(with_request_id(response, self.request_id))
         self.response_done = True
 
     def finish(self) -> None:
@@ -464,6 +472,7 @@ class ClientConnection(asyncio.Protocol):
             scan(self._headers, tracker.rules, self.trusted, ex)
         except ValueError:
             raise httptools.HttpParserCallbackError("ambiguous head") from None
+        correlate(ex, self.trusted)
         if ex.content_length is not None:
             ex.length = int(ex.content_length)  # llhttp has checked it is digits
             ex.has_body = ex.length > 0
@@ -586,8 +595,11 @@ class ClientConnection(asyncio.Protocol):
         if active is not None and active.upstream is not None:
             active.upstream.abort()
             active.upstream = None
-        self.tracker.refused(reason)
-        self.write(refusal_bytes(reason))
+        receiving = self._receiving if self.phase == BODY else None
+        # the exchange's own id, or, when the head itself is refused, a new one
+        request_id = receiving.request_id if receiving is not None else new_request_id()
+        self.tracker.refused(reason, self.client_ip, request_id)
+        self.write(with_request_id(refusal_bytes(reason), request_id))
         self._linger()
 
     def _linger(self) -> None:
@@ -716,7 +728,7 @@ class ConnectionTracker:
     limits: Limits = field(default_factory=Limits)
     rules: Any = None
     connections: set[ClientConnection] = field(default_factory=set)
-    on_refused: Callable[[Reason], None] | None = None
+    on_refused: Callable[[Reason, str, bytes], None] | None = None
     idle_timeout_s: float = IDLE_TIMEOUT_S
     max_connections: int = 1 << 20
     over_limit: int = 0  # connections closed at once because max_connections were open
@@ -767,9 +779,9 @@ class ConnectionTracker:
     def discard(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
 
-    def refused(self, reason: Reason) -> None:
+    def refused(self, reason: Reason, client: str, request_id: bytes) -> None:
         if self.on_refused is not None:
-            self.on_refused(reason)
+            self.on_refused(reason, client, request_id)
 
     def stop_keep_alive(self) -> None:
         """Shutting down: every response from now on is its connection's last, so clients

@@ -77,15 +77,24 @@ class Runtime:
         same = backend is not None and backend.serves(clerk)
         self.backend = backend if backend is not None and same else BackendAPI(clerk)
         networks = policy.trusted_proxies
+        # asked per connection, and per request behind a proxy (the log's client address,
+        # from X-Forwarded-For): parsing an address costs microseconds, a verdict a lookup
+        verdicts: dict[str, bool] = {}
 
         def trust(client_ip: str) -> bool:
             if not networks or not client_ip:
                 return False
-            try:
-                ip = ipaddress.ip_address(client_ip)
-            except ValueError:
-                return False
-            return any(ip in net for net in networks)
+            verdict = verdicts.get(client_ip)
+            if verdict is None:
+                try:
+                    ip = ipaddress.ip_address(client_ip)
+                except ValueError:
+                    verdict = False
+                else:
+                    verdict = any(ip in net for net in networks)
+                if len(verdicts) < CACHED:
+                    verdicts[client_ip] = verdict
+            return verdict
 
         self.trust = trust  # a new function per policy: connections re-check on reload
         self._located: dict[tuple[bytes, bytes, bytes], Located | Reason] = {}

@@ -27,17 +27,20 @@ from typing import cast
 import httptools
 
 from gateway.decision import Reason
-from gateway.http1 import Exchange
+from gateway.http1 import Exchange, with_request_id
 from gateway.metrics import Histogram
 from gateway.model import Upstream
 
 MAX_RESPONSE_HEAD = 65_536
 # Response headers that decide whether the head can be relayed as it is.
+# (X-Request-Id too: the client gets the gateway's, once.)
 _FRAMING = re.compile(
     rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate|"
-    rb"transfer-encoding|content-length):[ \t]*([^\r\n]*)",
+    rb"transfer-encoding|content-length|x-request-id):[ \t]*([^\r\n]*)",
     re.IGNORECASE,
 )
+_REQUEST_ID = b"\r\nx-request-id:"
+
 IDLE_PER_UPSTREAM = 256
 SWEEP_INTERVAL_S = 0.1
 
@@ -70,8 +73,21 @@ def _verdict(head: bytes) -> tuple[bool, bool, bool]:
         elif name == b"transfer-encoding":
             chunked = True
         elif name != b"connection" or value.strip().lower() != b"keep-alive":
-            rewrite = True  # hop-by-hop, or a Connection that says more than keep-alive
+            # hop-by-hop, a Connection that says more than keep-alive, or a request id of
+            # the upstream's own
+            rewrite = True
     return chunked, has_length, rewrite
+
+
+def _without_request_id(head: bytes) -> bytes:
+    """The head without its X-Request-Id lines (an upstream echoing the one it received)."""
+    lowered = head.lower()
+    at = lowered.find(_REQUEST_ID)
+    while at >= 0:
+        end = lowered.find(b"\r\n", at + 2)
+        head, lowered = head[:at] + head[end:], lowered[:at] + lowered[end:]
+        at = lowered.find(_REQUEST_ID, at)
+    return head
 
 
 class UpstreamFailure(Exception):
@@ -213,7 +229,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex.status = status
         ex.response_started = True
         no_body = self._head_only or status in (204, 304)
-        self._out.append(self._client_head(ex, head[:end], status, no_body))
+        self._out += self._client_head(ex, head[:end], status, no_body)
         if self._head_only:
             self._keep = self.parser.should_keep_alive()
             self._complete = True  # a response to HEAD has no body whatever it says
@@ -239,10 +255,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- the client's view of the response head ---------------------------------------------
 
-    def _client_head(self, ex: Exchange, head: bytes, status: int, no_body: bool) -> bytes:
+    def _client_head(
+        self, ex: Exchange, head: bytes, status: int, no_body: bool
+    ) -> tuple[bytes, ...]:
         """The upstream's head as it is when nothing in it is hop-by-hop for the client,
         else rebuilt without the hop-by-hop headers, framed for the client's connection.
-        One regex pass finds what matters (llhttp admits no space before a colon)."""
+        One regex pass finds what matters (llhttp admits no space before a colon). The
+        gateway's X-Request-Id is added. In pieces: the body's flush joins them anyway."""
+        request_id = ex.request_id
+        if request_id in head:
+            # echoed (Rails, many middlewares do): dropped here, so heads keep their shape
+            head = _without_request_id(head)
         # An upstream's heads differ mostly by their Date: the verdict on a head's shape
         # (the head without its Date value) is remembered, and the regex runs on new ones.
         at = head.find(b"\r\nDate: ")
@@ -257,10 +280,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = not (no_body or chunked or has_length)
         self._chunk_out = chunked and not no_body
         if rewrite or self._close_delimited or not ex.version11 or not ex.keep_alive:
-            return self._rebuilt(ex, head, no_body, chunked, has_length)
-        if ex.response_headers:
-            return head[:-2] + b"".join(ex.response_headers) + b"\r\n"
-        return head  # the common case: relayed byte for byte
+            return (self._rebuilt(ex, head, no_body, chunked, has_length),)
+        # the common case: relayed byte for byte, and the request id
+        return (head[:-2], *ex.response_headers, b"X-Request-Id: ", request_id, b"\r\n\r\n")
 
     def _rebuilt(
         self, ex: Exchange, head: bytes, no_body: bool, chunked: bool, has_length: bool
@@ -276,7 +298,7 @@ class UpstreamConnection(asyncio.Protocol):
         out = [lines[0], b"\r\n"]
         for name, value in fields:
             lower = name.strip().lower()
-            if lower in _HOP_NAMES or lower in listed:
+            if lower in _HOP_NAMES or lower in listed or lower == b"x-request-id":
                 continue
             if lower == b"content-length" and chunked:
                 continue  # a Content-Length beside chunked framing is not to be believed
@@ -293,6 +315,7 @@ class UpstreamConnection(asyncio.Protocol):
         if chunked and not no_body and ex.version11:
             self._chunk_out = True
         out.extend(ex.response_headers)
+        out += (b"X-Request-Id: ", ex.request_id, b"\r\n")
         out.append(
             b"Connection: keep-alive\r\n\r\n" if ex.keep_alive else b"Connection: close\r\n\r\n"
         )
@@ -377,7 +400,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex.status = 101
         ex.upstream_status = 101
         self.pool.forget(self)  # the connection now belongs to the tunnel
-        ex.send(head[:end])
+        ex.send(with_request_id(head[:end], ex.request_id))
         ex.switch_protocols(self.transport, tail)
 
     def _invalid(self, ex: Exchange) -> None:

@@ -254,6 +254,27 @@ async def test_the_access_log_and_metrics_label_checks_like_requests(both: Both)
     assert 'reason="session-token-missing"' in metrics
 
 
+async def test_answers_carry_the_ingress_request_id_and_log_the_original_host(
+    both: Both,
+) -> None:
+    seen: list[dict[str, object]] = []
+    both.auth.gateway.access_log.sink = seen.append
+    token = both.clerk.mint("user_1", role="member")
+    allowed = await ask(
+        both,
+        "GET",
+        "/public/x",
+        {"Authorization": f"Bearer {token}", "X-Request-Id": "ingress-req-1"},
+        nginx=True,
+    )
+    denied = await ask(both, "GET", "/api/x", {"X-Forwarded-For": "203.0.113.9"}, nginx=False)
+    assert (allowed.status, allowed.headers["X-Request-Id"]) == (200, "ingress-req-1")
+    assert denied.status == 401
+    assert [e["request_id"] for e in seen] == ["ingress-req-1", denied.headers["X-Request-Id"]]
+    assert [e["host"] for e in seen] == ["app.example.com", "app.example.com"]
+    assert seen[1]["client"] == "203.0.113.9"
+
+
 # ---- Clerk's handshake through an ingress -------------------------------------------------
 
 

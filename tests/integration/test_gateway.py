@@ -425,7 +425,8 @@ async def test_a_failure_inside_the_gateway_is_a_logged_counted_500(
     r = await gw.get("/api/x", gw.clerk.mint("user_1"))
     assert (r.status, await r.json()) == (500, {"error": "internal", "reason": "internal-error"})
     assert r.headers["Connection"] == "close"
-    assert any(rec.exc_info and "a bug" in str(rec.exc_info[1]) for rec in caplog.records)
+    (record,) = [rec for rec in caplog.records if rec.exc_info and "a bug" in str(rec.exc_info[1])]
+    assert record.request_id == r.headers["X-Request-Id"]  # the line the client can point at
     monkeypatch.undo()
     metrics = await (await gw.http.get(gw.admin + "/metrics")).text()
     assert 'reason="internal-error",route="default",status="500"' in metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.correlation import correlate
 from gateway.headers import HeaderRules, scan, upstream_head
 from gateway.model import IdentityHeaders
 
@@ -28,8 +29,9 @@ class Request:
     expect: bytes | None = None
     upgrade_to: bytes | None = None
     forwarded: list[tuple[int, bytes]] | None = None
-    request_id: bytes | None = None
-    traceparent: bytes | None = None
+    request_id = b""
+    traceparent = b""
+    tracestate: bytes | None = None
     user_agent: bytes | None = None
 
     def __init__(self) -> None:
@@ -50,6 +52,7 @@ def forward(
     if not any(n.lower() == b"host" for n, _ in headers):
         headers.insert(0, (b"Host", b"app.example.com"))
     scan(headers, reserved, trusted, request)
+    correlate(request, trusted)  # as the engine does
     head = upstream_head(
         request,
         b"/x",
@@ -61,15 +64,22 @@ def forward(
     lines = head.decode("latin-1").split("\r\n")
     assert lines[0] == "GET /x HTTP/1.1"
     assert lines[-2:] == ["", ""]
-    return [(n, v.lstrip(" ")) for n, _, v in (line.partition(":") for line in lines[1:-2])]
+    sent = [(n, v.lstrip(" ")) for n, _, v in (line.partition(":") for line in lines[1:-2])]
+    received = {v for n, v in incoming}
+    return [(n, MADE if n in MADE_HERE and v not in received else v) for n, v in sent]
 
 
+MADE = "<made by the gateway>"
+MADE_HERE = ("X-Request-Id", "traceparent")
+CORRELATION = [("X-Request-Id", MADE), ("traceparent", MADE)]
 TAIL = [
     ("Host", "app.example.com"),
     ("X-Forwarded-For", CLIENT),
     ("X-Forwarded-Proto", "http"),
     ("X-Forwarded-Host", "app.example.com"),
+    *CORRELATION,
 ]
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 ROWS = [
     # (description, incoming, options, expected)
@@ -173,6 +183,7 @@ ROWS = [
             ("X-Forwarded-For", CLIENT),
             ("X-Forwarded-Proto", "http"),
             ("X-Forwarded-Host", "other.example"),
+            *CORRELATION,
         ],
     ),
     (
@@ -202,6 +213,7 @@ ROWS = [
             ("X-Forwarded-For", f"1.1.1.1, 2.2.2.2, {CLIENT}"),
             ("X-Forwarded-Proto", "http"),
             ("X-Forwarded-Host", "app.example.com"),
+            *CORRELATION,
         ],
     ),
     (
@@ -217,6 +229,7 @@ ROWS = [
             ("X-Forwarded-For", CLIENT),
             ("X-Forwarded-Proto", "https"),
             ("X-Forwarded-Host", "app.example.org"),
+            *CORRELATION,
         ],
     ),
     (
@@ -253,6 +266,64 @@ ROWS = [
         [("X-Real-IP", "1.1.1.1"), ("X-Forwarded-Port", "443")],
         {"trusted": True},
         [("X-Real-IP", "1.1.1.1"), ("X-Forwarded-Port", "443"), *TAIL],
+    ),
+    (
+        "a client's X-Request-Id never reaches the upstream",
+        [("X-Request-Id", "forged-by-the-client"), ("x_request_id", "also")],
+        {},
+        TAIL,
+    ),
+    (
+        "a trusted proxy's X-Request-Id is forwarded, once",
+        [("X-Request-Id", "req-7f3a/1:ab"), ("X-Request-Id", "second")],
+        {"trusted": True},
+        [*TAIL[:4], ("X-Request-Id", "req-7f3a/1:ab"), ("traceparent", MADE)],
+    ),
+    *(
+        (
+            f"a trusted proxy's X-Request-Id that is not a sane token: {why}",
+            [("X-Request-Id", value)],
+            {"trusted": True},
+            TAIL,
+        )
+        for why, value in [
+            ("a space", "a b"),
+            ("a quote", 'a"b'),
+            ("a backslash", "a\\b"),
+            ("a control character", "a\tb"),
+            ("not ASCII", "caf\xe9"),
+            ("over 128 characters", "x" * 129),
+            ("empty", ""),
+        ]
+    ),
+    (
+        "a valid traceparent and its tracestate are forwarded unchanged",
+        [("traceparent", TRACEPARENT), ("tracestate", "a=1"), ("TraceState", "b=2")],
+        {},
+        [*TAIL[:-1], ("traceparent", TRACEPARENT), ("tracestate", "a=1,b=2")],
+    ),
+    (
+        "a later version with more fields is forwarded unchanged",
+        [("traceparent", "01" + TRACEPARENT[2:] + "-what-comes-next")],
+        {},
+        [*TAIL[:-1], ("traceparent", "01" + TRACEPARENT[2:] + "-what-comes-next")],
+    ),
+    *(
+        (
+            f"an invalid traceparent starts a new trace, its tracestate dropped: {why}",
+            [*headers, ("tracestate", "a=1")],
+            {},
+            TAIL,
+        )
+        for why, headers in [
+            ("upper case", [("traceparent", TRACEPARENT.upper())]),
+            ("version ff", [("traceparent", "ff" + TRACEPARENT[2:])]),
+            ("a trace id of zeros", [("traceparent", f"00-{'0' * 32}-00f067aa0ba902b7-01")]),
+            ("a parent id of zeros", [("traceparent", TRACEPARENT[:36] + "0" * 16 + "-01")]),
+            ("version 00 with more", [("traceparent", TRACEPARENT + "-x")]),
+            ("short", [("traceparent", TRACEPARENT[:-1])]),
+            ("two of them", [("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT)]),
+        ]
     ),
     (
         "identity is added after the strip",
