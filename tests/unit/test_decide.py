@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 
 from gateway.clerk.claims import principal_from_claims
-from gateway.decide import Located, decide
-from gateway.decision import Access, Principal, Reason
+from gateway.decide import Located, decide, locate
+from gateway.decision import ALLOW_ANONYMOUS, Access, Principal, Reason
+from gateway.model import ClerkSettings, Policy, WebhookSettings
 from gateway.paths import Target
-from gateway.routes import Requirement, Route, compile_pattern
+from gateway.routes import HostPattern, Requirement, Route, RouteTable, compile_pattern
 
 ROLE = ("metadata", "role")
 
@@ -181,3 +182,192 @@ def test_unmatched_request_gets_the_default() -> None:
     assert decide(at(None, Access.DENY), ADMIN).reason is Reason.ROUTE_DENIED
     assert decide(at(None, Access.PUBLIC), None).allowed
     assert decide(at(None, Access.ADMIN), MEMBER).reason is Reason.ROLE_REQUIRED
+
+
+NO_ORG_BUT_A_ROLE = Principal(user_id="u", org_role="org:admin", org_permissions=("org:a:b",))
+
+OUTCOMES = [
+    # (description, access of the matched route (None: no route, the default is protected),
+    #  outcome, (allowed, reason, the principal the decision carries))
+    ("a session on a public route goes upstream", Access.PUBLIC, MEMBER, (True, None, MEMBER)),
+    ("a session on a webhook route goes upstream", Access.WEBHOOK, MEMBER, (True, None, MEMBER)),
+    ("anonymous on a public route", Access.PUBLIC, None, (True, None, None)),
+    (
+        "a pending session on a public route is anonymous",
+        Access.PUBLIC,
+        PENDING,
+        (True, None, None),
+    ),
+    ("a session on a protected route", Access.PROTECTED, MEMBER, (True, None, MEMBER)),
+    (
+        "a member on an admin route: denied, but still identified",
+        Access.ADMIN,
+        MEMBER,
+        (False, Reason.ROLE_REQUIRED, MEMBER),
+    ),
+    (
+        "no route matched and a pending session: signed out",
+        None,
+        PENDING,
+        (False, Reason.SESSION_PENDING, None),
+    ),
+    ("no route matched and a session", None, MEMBER, (True, None, MEMBER)),
+    (
+        "no route matched and a failed token",
+        None,
+        Reason.TOKEN_EXPIRED,
+        (False, Reason.TOKEN_EXPIRED, None),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "access", "outcome", "expected"), OUTCOMES, ids=[c[0] for c in OUTCOMES]
+)
+def test_the_decision_carries_the_principal(
+    description: str,
+    access: Access | None,
+    outcome: Principal | Reason | None,
+    expected: tuple[object, ...],
+) -> None:
+    located = at(route(access)) if access is not None else at(None, Access.PROTECTED)
+    decision = decide(located, outcome)
+    got = (decision.allowed, decision.reason, decision.principal)
+    assert got == expected, description
+
+
+def test_anonymous_public_decisions_are_shared() -> None:
+    assert decide(at(route(Access.PUBLIC)), None) is ALLOW_ANONYMOUS
+
+
+UNMET = [
+    # (description, requirement, principal, the denial carrying the principal, or None)
+    (
+        "an org role without an active organization",
+        Requirement(org_roles=("org:admin",)),
+        NO_ORG_BUT_A_ROLE,
+        Reason.ORG_ROLE_REQUIRED,
+    ),
+    (
+        "an org permission without an active organization",
+        Requirement(org_permissions=("org:a:b",)),
+        NO_ORG_BUT_A_ROLE,
+        Reason.ORG_PERMISSION_REQUIRED,
+    ),
+    (
+        "roles are checked before org roles",
+        Requirement(roles=("analyst",), org_roles=("org:admin",)),
+        MEMBER,
+        Reason.ROLE_REQUIRED,
+    ),
+    (
+        "org roles before org permissions",
+        Requirement(org_roles=("org:owner",), org_permissions=("org:x:y",)),
+        V2_ORG_ADMIN,
+        Reason.ORG_ROLE_REQUIRED,
+    ),
+    (
+        "every dimension met",
+        Requirement(
+            roles=("member",), org_roles=("org:member",), org_permissions=("org:reports:read",)
+        ),
+        who(
+            metadata={"role": "member"},
+            org_id="org_1",
+            org_role="org:member",
+            org_permissions=["org:reports:read"],
+        ),
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "require", "principal", "reason"), UNMET, ids=[c[0] for c in UNMET]
+)
+def test_requirements(
+    description: str, require: Requirement, principal: Principal, reason: Reason | None
+) -> None:
+    decision = decide(at(route(Access.PROTECTED, require)), principal)
+    assert (decision.allowed, decision.reason) == (reason is None, reason), description
+    assert decision.principal is principal
+
+
+def policy() -> Policy:
+    routes = (
+        Route(0, (compile_pattern("/admin/**"),), Access.ADMIN),
+        Route(1, (compile_pattern("/hooks"),), Access.WEBHOOK, methods=frozenset(["POST"])),
+        Route(
+            2,
+            (compile_pattern("/tenant/**"),),
+            Access.PROTECTED,
+            host=HostPattern.parse("*.example.com"),
+        ),
+    )
+    return Policy(
+        "routes.yaml",
+        ClerkSettings(),
+        WebhookSettings(),
+        {},
+        routes,
+        RouteTable(routes),
+        default=Access.PUBLIC,
+    )
+
+
+LOCATE = [
+    # (description, method, host, raw target,
+    #  (route index or None, access, path, query, has query) or the Reason)
+    ("a route", "GET", "h", "/admin/x", (0, Access.ADMIN, "/admin/x", "", False)),
+    (
+        "normalised before matching, the query kept",
+        "GET",
+        "h",
+        "/public/../admin/x?q=%2F",
+        (0, Access.ADMIN, "/admin/x", "q=%2F", True),
+    ),
+    ("no route: the default", "GET", "h", "/nowhere", (None, Access.PUBLIC, "/nowhere", "", False)),
+    ("a route for its method", "POST", "h", "/hooks", (1, Access.WEBHOOK, "/hooks", "", False)),
+    (
+        "another method: the default",
+        "GET",
+        "h",
+        "/hooks",
+        (None, Access.PUBLIC, "/hooks", "", False),
+    ),
+    (
+        "a route for its host",
+        "GET",
+        "a.example.com",
+        "/tenant/1",
+        (2, Access.PROTECTED, "/tenant/1", "", False),
+    ),
+    (
+        "another host: the default",
+        "GET",
+        "example.org",
+        "/tenant/1",
+        (None, Access.PUBLIC, "/tenant/1", "", False),
+    ),
+    ("an ambiguous target", "GET", "h", "/admin%2fx", Reason.PATH_AMBIGUOUS),
+    ("another route once folded", "GET", "h", "/ADMIN/x", Reason.PATH_AMBIGUOUS),
+    ("an absolute-form target", "GET", "h", "http://h/admin", Reason.PATH_AMBIGUOUS),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "method", "host", "raw", "expected"), LOCATE, ids=[c[0] for c in LOCATE]
+)
+def test_locate(
+    description: str, method: str, host: str, raw: str, expected: tuple[object, ...] | Reason
+) -> None:
+    located = locate(policy(), method, host, raw)
+    if isinstance(expected, Reason):
+        assert located is expected, description
+        return
+    assert isinstance(located, Located), description
+    index = located.route.index if located.route is not None else None
+    target = located.target
+    got = (index, located.access, target.path, target.query, target.has_query)
+    assert got == expected, description
+    assert located.engine is None
