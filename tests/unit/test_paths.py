@@ -123,6 +123,7 @@ FOLDS = [
     ("an encoded percent stays encoded", "/A%25", "/a%25", False),
     ("sub-delims stay raw", "/A!$&'()*+,=:@~_-", "/a!$&'()*+,=:@~_-", False),
     ("an escape that folding leaves alone", "/a%20b", "/a%20b", False),
+    ("an escape that is not UTF-8 survives folding", "/A%FF", "/a%FF", False),
 ]
 
 

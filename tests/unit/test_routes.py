@@ -186,6 +186,14 @@ def test_bad_patterns(description: str, pattern: str, message: str) -> None:
         compile_pattern(pattern)
 
 
+def test_a_partial_star_is_refused_with_advice() -> None:
+    with pytest.raises(PatternError) as refused:
+        compile_pattern("/files/*.txt")
+    assert str(refused.value) == (
+        "'*' and '**' must be whole segments (in '/files/*.txt'); use 'regex:' for partial matches"
+    )
+
+
 def test_a_pattern_above_the_root_gets_no_hint() -> None:
     with pytest.raises(PatternError) as refused:
         compile_pattern("/../a")
@@ -295,7 +303,9 @@ HOST_PATTERNS = [
     ids=[c[0] for c in HOST_PATTERNS],
 )
 def test_host_pattern(description: str, pattern: str, host: str, matches: bool) -> None:
-    assert HostPattern.parse(pattern).matches(host) is matches, description
+    parsed = HostPattern.parse(pattern)
+    assert parsed.matches(host) is matches, description
+    assert parsed.source == pattern.lower()  # as config lints and explain show it
 
 
 HOST_COVERS = [
