@@ -202,6 +202,12 @@ ROWS = [
         TAIL,
     ),
     (
+        "a name listed in Connection between two kept headers",
+        [("Connection", "X-Hop"), ("X-A", "1"), ("X-Hop", "2"), ("X-B", "3")],
+        {},
+        [("X-A", "1"), ("X-B", "3"), *TAIL],
+    ),
+    (
         "names listed in two Connection headers",
         [("Connection", "X-A"), ("Connection", "X-B"), ("X-A", "1"), ("X-B", "2")],
         {},
@@ -494,3 +500,44 @@ def test_connection_tokens(description: str, value: str | None, tokens: set[str]
 )
 def test_safe_value(description: str, value: str, safe: bool) -> None:
     assert safe_value(value) is safe, description
+
+
+def test_the_upstream_head_with_nothing_added() -> None:
+    request = Request()
+    scan(
+        [(b"Host", b"app.example.com"), (b"Accept", b"*/*")], HeaderRules(*DEFAULTS), False, request
+    )
+    assert upstream_head(request, b"/x?y", b"10.0.0.1", b"https") == (
+        b"GET /x?y HTTP/1.1\r\n"
+        b"Accept: */*\r\n"
+        b"Host: app.example.com\r\n"
+        b"X-Forwarded-For: 10.0.0.1\r\n"
+        b"X-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: app.example.com\r\n"
+        b"\r\n"
+    )
+
+
+def test_the_upstream_head_with_identity_and_framing() -> None:
+    request = Request()
+    request.method = b"POST"
+    scan([(b"Host", b"app.example.com")], HeaderRules(*DEFAULTS), False, request)
+    head = upstream_head(
+        request,
+        b"/x",
+        b"10.0.0.1",
+        b"http",
+        b"upstream:8080",
+        b"X-Clerk-User-Id: user_1\r\n",
+        b"Content-Length: 2\r\n",
+    )
+    assert head == (
+        b"POST /x HTTP/1.1\r\n"
+        b"Host: upstream:8080\r\n"
+        b"X-Forwarded-For: 10.0.0.1\r\n"
+        b"X-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: app.example.com\r\n"
+        b"X-Clerk-User-Id: user_1\r\n"
+        b"Content-Length: 2\r\n"
+        b"\r\n"
+    )
