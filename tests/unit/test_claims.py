@@ -63,6 +63,8 @@ FPM = [
     ("ou scope counts as org", "ou:a", "read", "1", ("org:a:read",)),
     ("uo scope counts as org", "uo:a", "read", "1", ("org:a:read",)),
     ("a feature without a scope is skipped", "reports,o:b", "read", "1,1", ("org:b:read",)),
+    ("the scope ends at the first colon", "o:a:b", "read", "1", ("org:a:b:read",)),
+    ("a user feature whose name holds ':org' stays a user feature", "u:org:x", "read", "1", ()),
     ("a scope without a feature is skipped", "o:,o:b", "read", "1,1", ("org:b:read",)),
     (
         "spaces around features, names and masks",

@@ -752,6 +752,12 @@ COOKIE_CHOICE = [
         (S_OLD, "7"),
     ),
     (
+        "a plain session without iat counts as issued at 0 (not newer than 0)",
+        DEV,
+        jar(session_token(sub="s0", iat=0), "7", session_token(sub="p", iat=None), "8"),
+        (session_token(sub="s0", iat=0), "7"),
+    ),
+    (
         "a plain session whose iat is no number counts as oldest",
         DEV,
         jar(S_OLD, "7", session_token(sub="p", iat="late"), "8"),
