@@ -287,6 +287,20 @@ RENDERED = [
         ],
     ),
     (
+        "a 401 with extra lines still says the token failed",
+        Denial(401, Reason.TOKEN_EXPIRED),
+        {"keep_alive": True, "token_given": True, "extra": (b"Set-Cookie: a=b\r\n",)},
+        [
+            b"HTTP/1.1 401 Unauthorized",
+            b"Content-Type: application/json",
+            b"Cache-Control: no-store",
+            b'WWW-Authenticate: Bearer error="invalid_token"',
+            b"Set-Cookie: a=b",
+            body_line(Reason.TOKEN_EXPIRED),
+            b"Connection: keep-alive",
+        ],
+    ),
+    (
         "a status without a standard phrase",
         Denial(599, Reason.UPSTREAM_RESET),
         {"keep_alive": False},
