@@ -93,8 +93,8 @@ SCALING_CAVEAT = (
     "kind of machine); the probe's and nginx's own scaling in the same run show the ceiling."
 )
 PROBE_WHY_NOT = {
-    "fresh": "not run: the probe caches up to 100,000 tokens, so the rotating tokens would "
-    "all be cache hits after the first round",
+    "fresh": "the probe column is `--auth jwt-crypto`: cryptography per request, no cache, "
+    "no claims beyond exp/iss (its cached mode would turn the rotating tokens into hits)",
     "public": "not run: the probe has no routes (no token: its 401 everywhere)",
 }
 
@@ -215,7 +215,14 @@ def start_gateway(
 
 
 def start_probe(
-    workdir: Path, probe: Path, upstream: int, clerk: DevClerk, *, workers: int, cpu: str | None
+    workdir: Path,
+    probe: Path,
+    upstream: int,
+    clerk: DevClerk,
+    *,
+    workers: int,
+    cpu: str | None,
+    auth: str = "jwt-cache",
 ) -> Server:
     jwks = workdir / "jwks.json"
     jwks.write_text(json.dumps(clerk.jwks()))
@@ -228,7 +235,7 @@ def start_probe(
         "--upstream",
         f"{HOST}:{upstream}",
         "--auth",
-        "jwt-cache",
+        auth,
         "--jwks",
         str(jwks),
         "--iss",
@@ -237,7 +244,7 @@ def start_probe(
         "--workers",
         str(workers),
     ]
-    return launch("probe", command, port, workdir, cpu=cpu, cwd=probe.parent)
+    return launch(f"probe-{auth}", command, port, workdir, cpu=cpu, cwd=probe.parent)
 
 
 def start_sink(workdir: Path) -> Server:
@@ -705,8 +712,26 @@ def run_pass(run: Run, workdir: Path, workers: int) -> None:
                 if probe is not None:
                     probe.stop()
                 probe = None
+        fresh_probe: Server | None = None
+        if run.probe is not None:
+            try:  # the floor for a cache miss: the probe verifying with cryptography directly
+                fresh_probe = start_probe(
+                    workdir,
+                    run.probe,
+                    upstream.port,
+                    clerk,
+                    workers=workers,
+                    cpu=server_cpu,
+                    auth="jwt-crypto",
+                )
+                stack.callback(fresh_probe.stop)
+            except (StartError, OSError, subprocess.SubprocessError) as exc:
+                run.note(f"!! jwt-crypto PROBE SKIPPED in this pass: {exc}")
+                fresh_probe = None
         for scenario in run.scenarios:
             use_probe = probe if scenario.probe_skip is None else None
+            if scenario.key == "fresh":
+                use_probe = fresh_probe
             g_runs, n_runs, p_runs, d_runs = [], [], [], []
             for _ in range(args.repeats):
                 kw = {"duration": args.duration, **scenario.wrk_args()}
