@@ -41,5 +41,11 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Mutation testing of the pure modules, each against its own unit tests (not run by `make
+# test` or CI; about 10 minutes). MODULES="paths headers" runs some; docs/mutation.md explains.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	$(BIN)/python scripts/mutation.py $(MODULES)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -93,8 +93,8 @@ SCALING_CAVEAT = (
     "kind of machine); the probe's and nginx's own scaling in the same run show the ceiling."
 )
 PROBE_WHY_NOT = {
-    "fresh": "not run: the probe caches up to 100,000 tokens, so the rotating tokens would "
-    "all be cache hits after the first round",
+    "fresh": "the probe column is `--auth jwt-crypto`: cryptography per request, no cache, "
+    "no claims beyond exp/iss (its cached mode would turn the rotating tokens into hits)",
     "public": "not run: the probe has no routes (no token: its 401 everywhere)",
 }
 
@@ -215,7 +215,14 @@ def start_gateway(
 
 
 def start_probe(
-    workdir: Path, probe: Path, upstream: int, clerk: DevClerk, *, workers: int, cpu: str | None
+    workdir: Path,
+    probe: Path,
+    upstream: int,
+    clerk: DevClerk,
+    *,
+    workers: int,
+    cpu: str | None,
+    auth: str = "jwt-cache",
 ) -> Server:
     jwks = workdir / "jwks.json"
     jwks.write_text(json.dumps(clerk.jwks()))
@@ -228,7 +235,7 @@ def start_probe(
         "--upstream",
         f"{HOST}:{upstream}",
         "--auth",
-        "jwt-cache",
+        auth,
         "--jwks",
         str(jwks),
         "--iss",
@@ -237,7 +244,7 @@ def start_probe(
         "--workers",
         str(workers),
     ]
-    return launch("probe", command, port, workdir, cpu=cpu, cwd=probe.parent)
+    return launch(f"probe-{auth}", command, port, workdir, cpu=cpu, cwd=probe.parent)
 
 
 def start_sink(workdir: Path) -> Server:
@@ -560,6 +567,67 @@ def forward_auth_row(
         }
 
 
+def identity_row(
+    workdir: Path,
+    setup: str,
+    clerk: DevClerk,
+    upstream: Server,
+    proxy: Server,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The header-token scenario with the identity additions on: two claim headers (one
+    percent-encoded) and a signed ES256 assertion per request, beside nginx proxy_pass
+    (interleaved). The assertion is minted once per token and reused for half its life,
+    so this is the cache-hit cost. Raises StartError when it cannot start."""
+    from gateway.assertion import generate_pem
+
+    key = workdir / "assertion.pem"
+    key.write_bytes(generate_pem())
+    policy = write_policy(workdir, "identity", clerk, upstream.port, None)
+    policy.write_text(
+        policy.read_text().replace(f"trusted_proxies: [{HOST}/32]\n", "")
+        + "identity_headers:\n  X-Clerk-Email: email\n  X-Clerk-Full-Name: name\n"
+        + f"assertion:\n  issuer: https://bench.invalid\n  key_file: {key}\n  ttl_s: 30\n"
+    )
+    token = clerk.mint(
+        "user_bench",
+        role="member",
+        lifetime_s=3600,
+        claims={"email": "bench@example.com", "name": "Zoë Bench"},
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    with contextlib.ExitStack() as stack:
+        gateway = start_gateway(
+            workdir, "gateway-identity", policy, clerk, workers=1, cpu=SERVER_CPU
+        )
+        stack.callback(gateway.stop)
+        answered = get(gateway.port, WHOAMI, headers)
+        if answered != (200, "user_bench"):
+            raise StartError(f"the identity gateway answered {answered}, not (200, 'user_bench')")
+        g_runs, n_runs = [], []
+        for _ in range(args.repeats):
+            n_runs.append(wrk(proxy, "/api/x", duration=args.duration, headers=headers))
+            g_runs.append(wrk(gateway, "/api/x", duration=args.duration, headers=headers))
+        g, n = median(g_runs), median(n_runs)
+        return {
+            "setup": setup,
+            "scenario": "valid token (header), cache hit, + claim headers and signed assertion",
+            "expected_status": 200,
+            "gateway_rps": round(g.rps),
+            "nginx_proxy_rps": round(n.rps),
+            "ratio_vs_nginx": ratio(g, n),
+            "p50_ms": g.p50_ms,
+            "p99_ms": g.p99_ms,
+            **cpu_fields("", g),
+            **cpu_fields("nginx_", n),
+            "statuses_ok": statuses_ok(g, 200) and statuses_ok(n, 200),
+            "probe_rps": None,
+            "direct_rps": None,
+            "probe_ratio_vs_nginx": None,
+            **cpu_fields("probe_", None),
+        }
+
+
 # ---- a pass -------------------------------------------------------------------------------
 
 
@@ -644,8 +712,26 @@ def run_pass(run: Run, workdir: Path, workers: int) -> None:
                 if probe is not None:
                     probe.stop()
                 probe = None
+        fresh_probe: Server | None = None
+        if run.probe is not None:
+            try:  # the floor for a cache miss: the probe verifying with cryptography directly
+                fresh_probe = start_probe(
+                    workdir,
+                    run.probe,
+                    upstream.port,
+                    clerk,
+                    workers=workers,
+                    cpu=server_cpu,
+                    auth="jwt-crypto",
+                )
+                stack.callback(fresh_probe.stop)
+            except (StartError, OSError, subprocess.SubprocessError) as exc:
+                run.note(f"!! jwt-crypto PROBE SKIPPED in this pass: {exc}")
+                fresh_probe = None
         for scenario in run.scenarios:
             use_probe = probe if scenario.probe_skip is None else None
+            if scenario.key == "fresh":
+                use_probe = fresh_probe
             g_runs, n_runs, p_runs, d_runs = [], [], [], []
             for _ in range(args.repeats):
                 kw = {"duration": args.duration, **scenario.wrk_args()}
@@ -674,6 +760,17 @@ def run_pass(run: Run, workdir: Path, workers: int) -> None:
         for row in memory_rows(setup, gateway, proxy, run.valid):
             run.memory.append(row)
             print("  " + show_memory(row), flush=True)
+        try:
+            row = identity_row(workdir, setup, clerk, upstream, proxy, args)
+        except (StartError, OSError, subprocess.SubprocessError) as exc:
+            run.note(f"!! identity row skipped: {exc}")
+        else:
+            run.rows.append(row)
+            print(
+                f"  identity: claim headers + assertion {row['gateway_rps']:,} req/s "
+                f"(x{row['ratio_vs_nginx']:.2f} nginx proxy_pass), {cpu(row, '')} µs/req",
+                flush=True,
+            )
         if run.forward_auth_skip is not None:
             run.note(f"forward-auth row skipped: {run.forward_auth_skip}")
             return

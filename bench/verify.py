@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 import jwt
 from minting import claim, mint_tokens
 
-from gateway.app import parse_cookies
 from gateway.clerk.jwks import KeyCache
 from gateway.clerk.keys import parse_publishable_key
 from gateway.clerk.tokens import extract
@@ -27,6 +26,7 @@ from gateway.clerk.verifier import SessionVerifier, Verified
 from gateway.decision import Reason
 from gateway.devclerk import DevClerk
 from gateway.model import ClerkSettings
+from gateway.runtime import parse_cookies
 
 POOL = 2000  # tokens the cold verifier cycles through: twice its cache, so every one misses
 

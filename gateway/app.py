@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any
 
 from gateway.accesslog import AccessLog
+from gateway.assertion import KeyFileError, Signer
 from gateway.browser import (
     auth_headers,
     fetch_facts,
@@ -62,6 +63,7 @@ from gateway.http1 import Continuation, Exchange
 from gateway.identity import header_block, identity_values
 from gateway.metrics import Metrics
 from gateway.model import FORWARD_AUTH, ClerkSettings, Upstream
+from gateway.profiles import NOTHING, Profiles
 from gateway.responses import Denial, denial, is_navigation, render, status_of
 from gateway.runtime import DEFAULT_LABEL, Forwarding, Runtime
 from gateway.upstream import Pool, UpstreamFailure
@@ -70,7 +72,7 @@ from gateway.webhooks import verify as verify_webhook
 
 log = logging.getLogger("clerk_gateway")
 
-Decided = Callable[..., None]
+Decided = Callable[..., Continuation | None]  # decide and deliver; a continuation: await it
 
 
 def _key_source(settings: ClerkSettings) -> tuple[object, ...]:
@@ -129,9 +131,11 @@ class Gateway:
             log.warning("policy warning", extra={"problem": str(warning)})
         self._file_state = self._stat()
         self.keys = self._new_keys(result.policy.clerk)
-        self._install(
-            Runtime(result.policy, self.keys, DeliveryRecord(result.policy.webhooks.remember_s))
+        runtime = Runtime(
+            result.policy, self.keys, DeliveryRecord(result.policy.webhooks.remember_s)
         )
+        self._equip(runtime, None)  # a bad assertion key file stops the start here
+        self._install(runtime)
         self.metrics.watch_keys(self._key_stats)
         await self.keys.start()
 
@@ -146,6 +150,8 @@ class Gateway:
             self._pool.close()
         for task in self._background:
             task.cancel()
+        if self._runtime is not None and self._runtime.profiles is not None:
+            await self._runtime.profiles.close()
         for backend in (*self._retired, *([self._runtime.backend] if self._runtime else [])):
             await backend.close()
         self.access_log.flush()
@@ -158,6 +164,40 @@ class Gateway:
         keys = KeyCache(settings)
         keys.on_fetch = self.metrics.count_jwks_fetch
         return keys
+
+    def _equip(self, runtime: Runtime, old: Runtime | None) -> None:
+        """What a runtime keeps across reloads when its settings stay: the profile cache
+        and the assertion keys (re-read from the key file on every reload: a rotation is
+        an edit and a reload). Raises KeyFileError for an unreadable key file."""
+        policy = runtime.policy
+        if policy.user_profile is not None:
+            previous = old.profiles if old is not None else None
+            same = (
+                previous is not None
+                and previous.settings == policy.user_profile
+                and previous.backend is runtime.backend
+            )
+            runtime.profiles = (
+                previous
+                if previous is not None and same
+                else Profiles(
+                    policy.user_profile, runtime.backend, self.metrics.count_profile_lookup
+                )
+            )
+        if policy.assertion is not None:
+            settings = policy.assertion
+            signer = old.signer if old is not None else None
+            from_file = settings.key_file is not None and os.path.exists(settings.key_file)
+            runtime.signer = (
+                Signer(settings, signer.keys)
+                if signer is not None and not from_file
+                else Signer.for_settings(settings)
+            )
+
+    def assertion_jwks(self) -> Mapping[str, Any] | None:
+        """The assertion keys as a JWKS (admin `/.well-known/jwks.json`), when configured."""
+        signer = self._runtime.signer if self._runtime is not None else None
+        return signer.jwks if signer is not None else None
 
     def _install(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -226,7 +266,19 @@ class Gateway:
             deliveries = (
                 old.deliveries if same_window else DeliveryRecord(result.policy.webhooks.remember_s)
             )
-            self._install(Runtime(result.policy, keys, deliveries, old.backend))
+            runtime = Runtime(result.policy, keys, deliveries, old.backend)
+            try:
+                self._equip(runtime, old)
+            except KeyFileError as exc:
+                if keys is not self.keys:
+                    await keys.close()
+                self.metrics.count_reload(False)
+                log.error(
+                    "policy reload rejected; keeping the running policy",
+                    extra={"problems": [f"assertion.key_file: {exc}"]},
+                )
+                return False
+            self._install(runtime)
             if self.runtime.backend is not old.backend:
                 self._retire_backend(old.backend)
             if keys is not self.keys:
@@ -336,21 +388,19 @@ class Gateway:
                 if token is not None and method in STATE_CHANGING:
                     cross = _cross_site(ex, rt, method, original_url(ex))
         if token is None:
-            then(ex, rt, located, None, False)
-            return None
+            return then(ex, rt, located, None, False)
         verifier = rt.verifier
         outcome = verifier.cached(token)
         if outcome is None:
             outcome = verifier.verify_now(token)
             if outcome is None:
                 return partial(self._verify_then, ex, rt, located, token, cross, then)
-        then(ex, rt, located, outcome, True, cross)
-        return None
+        return then(ex, rt, located, outcome, True, cross)
 
     async def _verify_then(
         self, ex: Exchange, rt: Runtime, located: Located, token: str, cross: bool, then: Decided
     ) -> None:
-        then(ex, rt, located, await rt.verifier.verify(token), True, cross)
+        await _finish(then(ex, rt, located, await rt.verifier.verify(token), True, cross))
 
     # ---- browser sessions: Clerk's cookie path and handshake --------------------------------
 
@@ -371,8 +421,7 @@ class Gateway:
             return partial(self._resolve, ex, rt, located, step, cookies, request, then)
         cross = cookies.token is not None and _cross_site(ex, rt, request.method, request.url)
         if not isinstance(step, Verify):
-            then(ex, rt, located, step, False, cross, request)
-            return None
+            return then(ex, rt, located, step, False, cross, request)
         verifier = rt.verifier
         outcome = verifier.cached(step.token)
         if outcome is None:
@@ -381,10 +430,9 @@ class Gateway:
                 return partial(
                     self._verify_browser, ex, rt, located, step.token, cookies, request, cross, then
                 )
-        then(
+        return then(
             ex, rt, located, self._after(outcome, cookies, request, instance), True, cross, request
         )
-        return None
 
     async def _verify_browser(
         self,
@@ -399,15 +447,8 @@ class Gateway:
     ) -> None:
         outcome = await rt.verifier.verify(token)
         assert rt.instance is not None
-        then(
-            ex,
-            rt,
-            located,
-            self._after(outcome, cookies, request, rt.instance),
-            True,
-            cross,
-            request,
-        )
+        after = self._after(outcome, cookies, request, rt.instance)
+        await _finish(then(ex, rt, located, after, True, cross, request))
 
     @staticmethod
     def _after(
@@ -451,7 +492,10 @@ class Gateway:
             if located.access in (Access.PROTECTED, Access.ADMIN):
                 failed = signed_out(Reason.HANDSHAKE_FAILED, Reason.SESSION_TOKEN_MISSING)
                 clean_request = replace(request, url=clean)
-                then(ex, rt, located, failed, False, False, clean_request, set_cookies(cleared))
+                cleared_cookies = set_cookies(cleared)
+                await _finish(
+                    then(ex, rt, located, failed, False, False, clean_request, cleared_cookies)
+                )
                 return
             self._redirect(ex, clean, Reason.HANDSHAKE_FAILED, set_cookies(cleared))
             return
@@ -539,7 +583,9 @@ class Gateway:
         assert isinstance(outcome, Verified)
         identity: bytes | None = outcome.identity
         if identity is None or outcome.identity_for is not rt:
-            identity = header_block(identity_values(principal, rt.policy.identity_headers))
+            identity = header_block(
+                identity_values(principal, outcome.claims, rt.policy.identity_headers)
+            )
             outcome.identity, outcome.identity_for = identity, rt
         return identity
 
@@ -553,17 +599,23 @@ class Gateway:
         cross: bool = False,
         request: Navigation | None = None,
         extra: tuple[bytes, ...] = (),
-    ) -> None:
+    ) -> Continuation | None:
         """Proxy mode: forward an allowed request, answer a denied one."""
         decision = self._decision(located, outcome, cross)
         if decision.principal is not None:
             ex.user_id = decision.principal.user_id
         if not decision.allowed:
             self._refuse(ex, rt, located, decision, token_given, request, extra)
-            return
+            return None
         if ex.browser is not None and ex.browser.forwarded is not None:
             replace_cookie(ex, ex.browser.forwarded)  # the handshake's cookies stay here
-        self._forward(ex, located, self._identity(rt, outcome, decision))
+        forwarding: Forwarding = located.engine
+        audience = forwarding.upstream.name if forwarding.upstream is not None else ""
+        identity = self._full_identity(rt, outcome, decision, audience, False)
+        if identity is None:
+            return partial(self._after_profile, ex, rt, outcome, decision, audience, located)
+        self._forward(ex, located, identity)
+        return None
 
     def _answered(
         self,
@@ -575,16 +627,74 @@ class Gateway:
         cross: bool = False,
         request: Navigation | None = None,
         extra: tuple[bytes, ...] = (),
-    ) -> None:
+    ) -> Continuation | None:
         """Forward-auth mode: 200 with the identity headers, or the denial."""
         decision = self._decision(located, outcome, cross)
         if decision.principal is not None:
             ex.user_id = decision.principal.user_id
         if not decision.allowed:
             self._refuse(ex, rt, located, decision, token_given, request, extra)
-            return
+            return None
+        # the assertion's audience: the app the ingress forwards to, by its host
+        original: Original = ex.original
+        audience = original.host.decode("latin-1")
+        identity = self._full_identity(rt, outcome, decision, audience, False)
+        if identity is None:
+            return partial(self._after_profile, ex, rt, outcome, decision, audience, None)
         ex.decision = "allow"
-        ex.reply(allowed(self._identity(rt, outcome, decision), ex.keep_alive), 200)
+        ex.reply(allowed(identity, ex.keep_alive), 200)
+        return None
+
+    def _full_identity(
+        self,
+        rt: Runtime,
+        outcome: Outcome | Verified,
+        decision: Decision,
+        audience: str,
+        looked_up: bool,
+    ) -> bytes | None:
+        """The identity block, then the user's profile headers and the signed assertion
+        when configured; None when the profile must be looked up first."""
+        identity = self._identity(rt, outcome, decision)
+        principal = decision.principal
+        profiles, signer = rt.profiles, rt.signer
+        if principal is None or (profiles is None and signer is None):
+            return identity
+        assert isinstance(outcome, Verified)
+        if profiles is not None:
+            block = profiles.cached(principal.user_id, after_lookup=looked_up)
+            if block is None:
+                if not looked_up:
+                    return None
+                block = NOTHING  # the lookup gave up waiting: forwarded without
+            identity += block
+        if signer is not None:
+            memo = outcome.assertions
+            if memo is None or memo[0] is not signer:
+                memo = outcome.assertions = (signer, {})
+            identity += signer.header(memo[1], principal, audience)
+        return identity
+
+    async def _after_profile(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        outcome: Outcome | Verified,
+        decision: Decision,
+        audience: str,
+        located: Located | None,
+    ) -> None:
+        """A user's first request: wait (bounded) for the profile, then deliver."""
+        assert rt.profiles is not None
+        assert decision.principal is not None
+        await rt.profiles.lookup(decision.principal.user_id)
+        identity = self._full_identity(rt, outcome, decision, audience, True)
+        assert identity is not None
+        if located is None:  # forward-auth
+            ex.decision = "allow"
+            ex.reply(allowed(identity, ex.keep_alive), 200)
+        else:
+            self._forward(ex, located, identity)
 
     def _forward(
         self, ex: Exchange, located: Located, identity: bytes, body: bytes | None = None
@@ -774,6 +884,8 @@ class Gateway:
             return self._webhook_done(ex, rt, failure, None)
         kind = event_type(body)
         note["webhook_event"] = kind
+        if rt.profiles is not None and kind in _USER_EVENTS:
+            _profile_event(rt.profiles, kind, body)  # verified: the cache may trust it
         deliveries = rt.deliveries
         if deliveries.delivered(headers.id):
             self.metrics.count_webhook(Reason.WEBHOOK_ALREADY_DELIVERED.value, kind)
@@ -796,6 +908,30 @@ class Gateway:
     def _webhook_done(self, ex: Exchange, rt: Runtime, reason: Reason, kind: str | None) -> None:
         self.metrics.count_webhook(reason.value, kind or "unknown")
         self._deny(ex, rt, reason)
+
+
+_USER_EVENTS = frozenset(["user.created", "user.updated", "user.deleted"])
+
+
+def _profile_event(profiles: Profiles, kind: str, body: bytes) -> None:
+    """A verified user event keeps the profile cache current without a Backend API call."""
+    try:
+        data = json.loads(body).get("data")
+    except (ValueError, AttributeError):
+        return
+    if not isinstance(data, dict):
+        return
+    if kind == "user.deleted":
+        user_id = data.get("id")
+        if isinstance(user_id, str):
+            profiles.deleted(user_id)
+    else:
+        profiles.updated(data)
+
+
+async def _finish(continuation: Continuation | None) -> None:
+    if continuation is not None:
+        await continuation()
 
 
 def _cross_site(ex: Exchange, rt: Runtime, method: str, url: str) -> bool:

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.assertion import KeyFileError, load_keys
 from gateway.clerk.keys import (
     KeyMaterialError,
     PublishableKey,
@@ -31,12 +32,15 @@ from gateway.model import (
     FORWARD_AUTH,
     MODES,
     PROXY,
+    AssertionSettings,
     ClerkSettings,
+    HeaderPath,
     IdentityHeaders,
     IPNetwork,
     JwksSettings,
     Limits,
     Policy,
+    ProfileSettings,
     Upstream,
     WebhookSettings,
     under,
@@ -125,6 +129,8 @@ _TOP_KEYS = (
     "limits",
     "strip_headers",
     "identity_headers",
+    "user_profile",
+    "assertion",
     "default",
     "routes",
 )
@@ -163,7 +169,34 @@ _ROUTE_KEYS = (
 )
 _REQUIRE_KEYS = ("roles", "org_roles", "org_permissions")
 _LIMIT_KEYS = tuple(Limits.__dataclass_fields__)
-_IDENTITY_KEYS = tuple(IdentityHeaders.__dataclass_fields__)
+_IDENTITY_KEYS = tuple(k for k in IdentityHeaders.__dataclass_fields__ if k != "claims")
+_PROFILE_KEYS = ("headers", "ttl_s", "max_users", "max_stale_s", "lookup_timeout_s")
+_ASSERTION_KEYS = ("header", "issuer", "key_file", "ttl_s")
+# Never set from an identity: framing, hop-by-hop, Host, credentials, forwarding facts.
+_MANAGED_HEADERS = frozenset(
+    [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "authorization",
+        "cookie",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+    ]
+)
 _METHODS = frozenset(
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 )
@@ -223,8 +256,11 @@ class _Reader(Reader):
             strip_headers=self.header_names("strip_headers", root.get("strip_headers")),
             limits=self.limits(root.get("limits")),
             identity_headers=self.identity_headers(root.get("identity_headers")),
+            user_profile=self.user_profile(root.get("user_profile"), clerk),
+            assertion=self.assertion(root.get("assertion")),
             mode=self.mode,
         )
+        self.identity_names_unique(policy)
         self.lints(routes)
         return policy
 
@@ -605,7 +641,10 @@ class _Reader(Reader):
         return names
 
     def identity_headers(self, value: Any) -> IdentityHeaders:
-        raw = self.mapping("identity_headers", value, _IDENTITY_KEYS)
+        if value is not None and not isinstance(value, dict):
+            self.error("identity_headers", f"must be a mapping, got {kind_of(value)}")
+            value = None
+        raw: dict[str, Any] = dict(value or {})
         defaults = IdentityHeaders()
         chosen: dict[str, str | None] = {}
         for key in _IDENTITY_KEYS:
@@ -613,13 +652,130 @@ class _Reader(Reader):
                 chosen[key] = None
                 continue
             name = self.string(f"identity_headers.{key}", raw.get(key), getattr(defaults, key))
-            if name is not None and (not name or not set(name) <= _TOKEN_CHARS):
-                self.error(f"identity_headers.{key}", f"{name!r} is not a valid header name")
+            if name is not None:
+                self.identity_name(f"identity_headers.{key}", name)
             chosen[key] = name
-        names = [n.lower() for n in chosen.values() if n]
-        for dup in {n for n in names if names.count(n) > 1}:
-            self.error("identity_headers", f"header {dup!r} is used for two claims")
-        return IdentityHeaders(**chosen)
+        # every other entry is `Header-Name: claim.path` (any claim of the session token)
+        extra = {k: v for k, v in raw.items() if k not in _IDENTITY_KEYS}
+        claims = self.header_paths("identity_headers", extra, "claim")
+        return IdentityHeaders(**chosen, claims=claims)
+
+    def header_paths(self, path: str, raw: dict[Any, Any], what: str) -> tuple[HeaderPath, ...]:
+        """`Header-Name: dot.path` entries, each name and path checked."""
+        out: list[HeaderPath] = []
+        for name, target in raw.items():
+            where = f"{path}.{name}"
+            if not isinstance(name, str) or not self.identity_name(where, name):
+                continue
+            text = self.string(where, target)
+            if text is None:
+                self.error(where, f"needs a {what} path, e.g. `{name}: email`")
+                continue
+            parts = tuple(text.split("."))
+            if not all(parts) or any(c.isspace() for c in text):
+                self.error(where, f"must be a dot path like 'metadata.tenant', got {text!r}")
+                continue
+            if "-" not in name and "-" in text and text[:1].isupper():
+                self.warn(
+                    where,
+                    f"{name!r} is read as a header name and {text!r} as a {what} path; "
+                    f"did you mean `{text}: {name}`?",
+                )
+            out.append(HeaderPath(name, parts))
+        return tuple(out)
+
+    def identity_name(self, path: str, name: str) -> bool:
+        """A header name the gateway may set from an identity: a token, and none of the
+        names it manages itself (framing, hop-by-hop, Host, credentials, forwarding)."""
+        if not name or not set(name) <= _TOKEN_CHARS:
+            self.error(path, f"{name!r} is not a valid header name")
+            return False
+        if name.lower().replace("_", "-") in _MANAGED_HEADERS:
+            self.error(path, f"{name!r} is managed by the gateway; choose another name")
+            return False
+        return True
+
+    def identity_names_unique(self, policy: Policy) -> None:
+        names = [n.lower().replace("_", "-") for n in policy.identity_names()]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            self.error("identity_headers", f"header {dup!r} is set from two sources")
+
+    def user_profile(self, value: Any, clerk: ClerkSettings) -> ProfileSettings | None:
+        if value is None:
+            return None
+        raw = self.mapping("user_profile", value, _PROFILE_KEYS)
+        headers_raw = raw.get("headers")
+        if not isinstance(headers_raw, dict) or not headers_raw:
+            self.error(
+                "user_profile.headers",
+                "needs at least one `Header-Name: field` (email, name, first_name, last_name, "
+                "username, image_url, phone, public_metadata.<key>, or any user field path)",
+            )
+            headers_raw = {}
+        if not clerk.secret_key:
+            self.error(
+                "user_profile",
+                "profiles come from Clerk's Backend API: clerk.secret_key is required",
+            )
+        defaults = ProfileSettings()
+        return ProfileSettings(
+            headers=self.header_paths("user_profile.headers", headers_raw, "profile field"),
+            ttl_s=self.number("user_profile.ttl_s", raw.get("ttl_s"), defaults.ttl_s, minimum=1),
+            max_users=self.integer(
+                "user_profile.max_users", raw.get("max_users"), defaults.max_users, minimum=1
+            ),
+            max_stale_s=self.number(
+                "user_profile.max_stale_s", raw.get("max_stale_s"), defaults.max_stale_s, minimum=0
+            ),
+            lookup_timeout_s=self.number(
+                "user_profile.lookup_timeout_s",
+                raw.get("lookup_timeout_s"),
+                defaults.lookup_timeout_s,
+                minimum=0,
+            ),
+        )
+
+    def assertion(self, value: Any) -> AssertionSettings | None:
+        if value is None:
+            return None
+        raw = self.mapping("assertion", value, _ASSERTION_KEYS)
+        defaults = AssertionSettings()
+        header = self.string("assertion.header", raw.get("header"), defaults.header)
+        assert header is not None
+        self.identity_name("assertion.header", header)
+        issuer = self.string("assertion.issuer", raw.get("issuer"))
+        if issuer is None:
+            self.error(
+                "assertion.issuer",
+                "required: the name upstreams expect in `iss`, e.g. https://gateway.example.com",
+            )
+        ttl = self.integer("assertion.ttl_s", raw.get("ttl_s"), defaults.ttl_s, minimum=2)
+        if ttl > 300:
+            self.warn(
+                "assertion.ttl_s",
+                f"{ttl} s: an assertion is a per-request proof; a captured one is replayable "
+                "that long",
+            )
+        key_file = self.string("assertion.key_file", raw.get("key_file"))
+        if key_file is None:
+            self.warn(
+                "assertion.key_file",
+                "not set: a signing key is generated at every start, and upstreams must "
+                "refetch the JWKS after each restart",
+            )
+        elif not os.path.exists(key_file):
+            self.warn(
+                "assertion.key_file",
+                f"{key_file} does not exist here: `run` generates a key when it is absent",
+            )
+        else:
+            try:
+                load_keys(key_file)
+            except KeyFileError as exc:
+                self.error("assertion.key_file", str(exc))
+        return AssertionSettings(
+            header=header, issuer=issuer or defaults.issuer, key_file=key_file, ttl_s=ttl
+        )
 
     # ---- checks across sections -------------------------------------------------------------
 

@@ -154,7 +154,7 @@ def _explain(
     target = target or "/"
     host_header = parts.netloc or headers.get("host") or "localhost"
     scheme = parts.scheme or "http"
-    outcome, identity = _outcome(policy, claims, token, now_ms)
+    outcome, identity, session_claims = _outcome(policy, claims, token, now_ms)
     located = locate(policy, method, host_without_port(host_header), target)
     if isinstance(located, Reason):
         normal = normalise_target(target)
@@ -184,7 +184,7 @@ def _explain(
         browser = _browser(policy, method, original, normal.query, headers, now_ms)
         if isinstance(browser, Explanation):
             return replace(browser, path=normal.path, route=route, access=access, url=url)
-        outcome, identity, cross, note = browser
+        outcome, identity, cross, note, session_claims = browser
     decision: Decision = decide(located, outcome, cross_site=cross)
     if access is Access.WEBHOOK:
         note = "webhook routes are forwarded only with a valid Svix signature (checked on the body)"
@@ -213,7 +213,8 @@ def _explain(
         )
     if decision.allowed:
         forwarded = (
-            tuple(identity_values(decision.principal, policy.identity_headers))
+            tuple(identity_values(decision.principal, session_claims, policy.identity_headers))
+            + _looked_up(policy, decision.principal, route)
             if decision.principal is not None
             else ()
         )
@@ -257,6 +258,34 @@ def _explain(
     )
 
 
+def _looked_up(
+    policy: Policy, principal: Principal, route: Route | None
+) -> tuple[tuple[str, str], ...]:
+    """The headers `run` adds that explain cannot compute offline, marked as such."""
+    out: list[tuple[str, str]] = []
+    if policy.user_profile is not None:
+        for header in policy.user_profile.headers:
+            out.append(
+                (
+                    header.name,
+                    f"(looked up: {'.'.join(header.path)} of {principal.user_id}'s profile "
+                    "in Clerk's Backend API; left out when the lookup fails)",
+                )
+            )
+    if policy.assertion is not None:
+        audience = route.upstream if route is not None else "default"
+        if policy.mode == FORWARD_AUTH:
+            audience = "<the request's host>"
+        out.append(
+            (
+                policy.assertion.header,
+                f"(signed: an ES256 JWT for aud={audience}, sub={principal.user_id}, "
+                f"valid {policy.assertion.ttl_s} s)",
+            )
+        )
+    return tuple(out)
+
+
 def _cookies(policy: Policy, headers: Mapping[str, str], now_ms: float) -> Cookies:
     cookie = headers.get("cookie")
     if not cookie:
@@ -287,7 +316,7 @@ def _browser(
     query: str,
     headers: Mapping[str, str],
     now_ms: float,
-) -> tuple[Outcome, str, bool, str | None] | Explanation:
+) -> tuple[Outcome, str, bool, str | None, Mapping[str, Any]] | Explanation:
     """A request with no token of its own, as `run` takes it: Clerk's cookie path when the
     handshake is on, else the session cookie (Clerk's choice of cookie) as the token."""
     jar = _cookies(policy, headers, now_ms)
@@ -301,9 +330,9 @@ def _browser(
     )
     if instance is None:
         if jar.token is None:
-            return None, "anonymous (no token)", False, None
-        outcome, how = _outcome(policy, None, jar.token, now_ms, "session cookie")
-        return outcome, how, cross, None
+            return None, "anonymous (no token)", False, None, {}
+        outcome, how, claims = _outcome(policy, None, jar.token, now_ms, "session cookie")
+        return outcome, how, cross, None, claims
     request = _navigation(method, original, headers)
     step = before_verification(jar, ClerkQuery.parse(query), request, instance, peek_claims)
     if isinstance(step, Resolve):
@@ -325,17 +354,19 @@ def _browser(
             "(not done offline)",
         )
     if isinstance(step, Verify):
-        outcome, how = _outcome(policy, None, step.token, now_ms, "session cookie")
+        outcome, how, claims = _outcome(policy, None, step.token, now_ms, "session cookie")
         if isinstance(outcome, Principal | Reason):
             after = after_verification(outcome, jar, request, instance)
-            return after, how, cross, None
-        return outcome, how, cross, None
+            return after, how, cross, None, claims
+        return outcome, how, cross, None, claims
     how = "session cookie" if jar.token is not None else "no session token"
+    said = step.auth.value if isinstance(step, SignedOut) else step.reason.value
     return (
         step,
-        f"{how}: Clerk's cookie rules say {step.auth.value if isinstance(step, SignedOut) else step.reason.value}",
+        f"{how}: Clerk's cookie rules say {said}",
         cross,
         None,
+        {},
     )
 
 
@@ -345,7 +376,9 @@ def _outcome(
     token: str | None,
     now_ms: float,
     given: str = "token",
-) -> tuple[Outcome, str]:
+) -> tuple[Outcome, str, Mapping[str, Any]]:
+    """The outcome, how the identity was given (for the text output) and the claims an
+    allowed request's identity headers are read from."""
     options = options_for(policy.clerk)
     if token is not None:
         # THE verification sequence, with no keys: everything but the signature
@@ -354,21 +387,21 @@ def _outcome(
         if isinstance(verified, Reason):
             decoded = decode(token)
             if isinstance(decoded, Reason):
-                return verified, f"token that does not decode ({verified.value})"
+                return verified, f"token that does not decode ({verified.value})", {}
             why = _why(verified, decoded.claims, policy)
-            return verified, f"{how}, rejected: {verified.value}{why}"
+            return verified, f"{how}, rejected: {verified.value}{why}", {}
         claims = verified.claims
     elif claims is not None:
         how = "claims given on the command line (taken as validly signed)"
         failure = check_claims(claims, now_ms, options)
         if failure is not None:
-            return failure, f"{how}, rejected: {failure.value}{_why(failure, claims, policy)}"
+            return failure, f"{how}, rejected: {failure.value}{_why(failure, claims, policy)}", {}
     else:
-        return None, "anonymous (no token)"
+        return None, "anonymous (no token)", {}
     principal: Principal | None = principal_from_claims(claims, policy.role_claim)
     if principal is None:
-        return Reason.TOKEN_VERIFICATION_FAILED, f"{how}, but no usable 'sub'"
-    return principal, f"{how}: user {principal.user_id}"
+        return Reason.TOKEN_VERIFICATION_FAILED, f"{how}, but no usable 'sub'", {}
+    return principal, f"{how}: user {principal.user_id}", claims
 
 
 def _why(failure: Reason, claims: Mapping[str, Any], policy: Policy) -> str:

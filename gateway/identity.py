@@ -1,22 +1,34 @@
-"""The identity the upstream receives: header name and value pairs from a verified session,
-built once per verified token (and policy) and kept as the bytes of a header block.
+"""The identity the upstream receives: header name and value pairs from a verified session
+(and, when configured, the user's profile), built once per verified token (and policy) and
+kept as the bytes of a header block.
 
-Values that are not printable ASCII are never sent as they are: a CR or LF would split the
-header, other bytes confuse parsers. Absent claims send no header.
+Built-in values (ids, roles, org facts) that are not printable ASCII are never sent: a CR
+or LF would split the header, other bytes confuse parsers, and Clerk's ids are ASCII. A
+value from a configured claim or profile path (a name, an email) may be anything a user
+typed: it is sent percent-encoded (UTF-8, RFC 3986 unreserved characters kept) with a
+`<Name>-Encoding: percent` companion rather than dropped. Absent values send no header.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
 
 from gateway.decision import Principal
 from gateway.headers import safe_value
-from gateway.model import IdentityHeaders
+from gateway.model import HeaderPath, IdentityHeaders
 
 log = logging.getLogger("clerk_gateway.headers")
 
+PERCENT = "percent"
 
-def identity_values(principal: Principal, identity: IdentityHeaders) -> list[tuple[str, str]]:
+
+def identity_values(
+    principal: Principal, claims: Mapping[str, Any], identity: IdentityHeaders
+) -> list[tuple[str, str]]:
     """The verified identity as (header, value) pairs."""
     candidates = (
         (identity.user_id, principal.user_id),
@@ -43,7 +55,53 @@ def identity_values(principal: Principal, identity: IdentityHeaders) -> list[tup
             )
             continue
         out.append((name, value))
+    out.extend(path_values(identity.claims, claims))
     return out
+
+
+def path_values(
+    headers: tuple[HeaderPath, ...], source: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """Each configured header's value from its dot path into `source`, encoded for the wire
+    (with its `-Encoding` companion when percent-encoded)."""
+    out: list[tuple[str, str]] = []
+    for header in headers:
+        encoded = encode(lookup(source, header.path))
+        if encoded is None:
+            continue
+        value, percent = encoded
+        out.append((header.name, value))
+        if percent:
+            out.append((header.companion, PERCENT))
+    return out
+
+
+def lookup(source: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = source
+    for part in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def encode(value: Any) -> tuple[str, bool] | None:
+    """A JSON value as a header value: (text, percent-encoded?), or None to send nothing.
+
+    A string as it is when printable ASCII (and not padded with spaces a parser would
+    trim); a number or boolean as JSON; a list of strings (or numbers) joined with `,`;
+    anything else (an object, null, an empty string or list) sends no header."""
+    if isinstance(value, bool | int | float):
+        return json.dumps(value), False
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str | int | float) for v in value):
+            return None
+        value = ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
+    if not isinstance(value, str) or not value:
+        return None
+    if value.isascii() and value.isprintable() and value == value.strip():
+        return value, False
+    return quote(value, safe=""), True
 
 
 def header_block(pairs: list[tuple[str, str]]) -> bytes:

@@ -100,8 +100,12 @@ class IdentityHeaders:
     org_slug: str | None = "X-Clerk-Org-Slug"
     org_role: str | None = "X-Clerk-Org-Role"
     org_permissions: str | None = "X-Clerk-Org-Permissions"
+    # further `X-Header-Name: claim.path` entries: any claim of the session token
+    claims: tuple[HeaderPath, ...] = ()
 
     def names(self) -> tuple[str, ...]:
+        """Every name the upstream may receive, and so every name stripped from clients
+        (a claim header's `-Encoding` companion included)."""
         return tuple(
             n
             for n in (
@@ -112,9 +116,48 @@ class IdentityHeaders:
                 self.org_slug,
                 self.org_role,
                 self.org_permissions,
+                *(name for c in self.claims for name in (c.name, c.companion)),
             )
             if n
         )
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPath:
+    """A header the upstream receives, filled from a dot path into a JSON object (the
+    session claims, or the user's profile)."""
+
+    name: str
+    path: tuple[str, ...]
+
+    @property
+    def companion(self) -> str:
+        """Sent beside a percent-encoded value, so the upstream knows to decode it."""
+        return f"{self.name}-Encoding"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSettings:
+    """`user_profile:`: headers from the user's profile in Clerk's Backend API."""
+
+    headers: tuple[HeaderPath, ...] = ()
+    ttl_s: float = 300.0
+    max_users: int = 100_000
+    max_stale_s: float = 3600.0  # past ttl_s, while refreshes fail
+    lookup_timeout_s: float = 2.0  # how long a user's first request waits for its profile
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for h in self.headers for name in (h.name, h.companion))
+
+
+@dataclass(frozen=True, slots=True)
+class AssertionSettings:
+    """`assertion:`: a signed JWT per forwarded request, for a zero-trust upstream."""
+
+    header: str = "X-Clerk-Gateway-Assertion"
+    issuer: str = "clerk-gateway"
+    key_file: str | None = None
+    ttl_s: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +179,20 @@ class Policy:
     strip_headers: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     identity_headers: IdentityHeaders = field(default_factory=IdentityHeaders)
+    user_profile: ProfileSettings | None = None
+    assertion: AssertionSettings | None = None
     digest: str = ""  # of the file's text: names the running policy in logs
     mode: str = PROXY
+
+    def identity_names(self) -> tuple[str, ...]:
+        """Every header name the gateway sets from a verified identity: stripped from
+        every client request, so none can be forged."""
+        names = self.identity_headers.names()
+        if self.user_profile is not None:
+            names += self.user_profile.names()
+        if self.assertion is not None:
+            names += (self.assertion.header,)
+        return names
 
     def upstream_for(self, route: Route | None) -> Upstream:
         return self.upstreams[route.upstream if route is not None else "default"]

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import time
 
+from gateway.assertion import Signer
 from gateway.clerk.backend import BackendAPI
 from gateway.clerk.handshake import NO_COOKIES, ClerkQuery, Cookies, Instance, instance_of
 from gateway.clerk.jwks import KeyCache
@@ -18,6 +19,7 @@ from gateway.decide import Located, locate
 from gateway.decision import Reason
 from gateway.headers import HeaderRules
 from gateway.model import Policy
+from gateway.profiles import Profiles
 from gateway.routes import Route, host_without_port
 from gateway.upstream import authority
 from gateway.webhooks import DeliveryRecord, secret_bytes
@@ -66,13 +68,15 @@ class Runtime:
         self.policy = policy
         clerk = policy.clerk
         self.verifier = SessionVerifier(clerk, keys, policy.role_claim)
-        self.rules = HeaderRules(policy.identity_headers.names(), policy.strip_headers)
+        self.rules = HeaderRules(policy.identity_names(), policy.strip_headers)
         self.webhook_secrets = tuple(secret_bytes(s) for s in policy.webhooks.secrets)
         self.deliveries = deliveries
         self.labels: dict[int, tuple[str, str]] = {
             r.index: (r.label, json.dumps(r.label)) for r in policy.routes
         }
         self.instance: Instance | None = instance_of(policy)  # Clerk's handshake on
+        self.profiles: Profiles | None = None  # user_profile: (set by the application)
+        self.signer: Signer | None = None  # assertion: (set by the application)
         # the Backend API client outlives a reload that keeps its URL and secret
         same = backend is not None and backend.serves(clerk)
         self.backend = backend if backend is not None and same else BackendAPI(clerk)

@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from multiprocessing.sharedctypes import Synchronized
 from aiohttp import web
 
 from gateway.app import Gateway
+from gateway.assertion import GENERATED_KEY_ENV, write_generated_key
 from gateway.health import admin_app
 from gateway.http1 import ClientConnection, ConnectionTracker
 from gateway.logs import configure
@@ -84,7 +86,11 @@ async def start(
         backlog=1024,
     )
     ready = gateway.ready if shutdown is None else shutdown.readiness(gateway.ready)
-    admin = web.AppRunner(admin_app(ready, gateway.metrics), access_log=None, shutdown_timeout=1.0)
+    admin = web.AppRunner(
+        admin_app(ready, gateway.metrics, gateway.assertion_jwks),
+        access_log=None,
+        shutdown_timeout=1.0,
+    )
     await admin.setup()
     admin_site = web.TCPSite(
         admin, admin_listen.host, admin_listen.port, reuse_port=reuse_port or None
@@ -278,6 +284,13 @@ class Supervisor:
                 os.kill(worker.pid, signum)
 
     def run(self) -> int:
+        # one generated assertion key for every worker (used only when the policy wants an
+        # assertion and has no key file): the JWKS must not depend on which worker answers
+        with tempfile.TemporaryDirectory(prefix="clerk-gateway-") as private:
+            os.environ[GENERATED_KEY_ENV] = write_generated_key(private)
+            return self._run()
+
+    def _run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._forward)
         for _ in range(self.settings.workers):

@@ -1,5 +1,5 @@
 """Clerk's Backend API, for what the request path needs from it besides keys: the
-handshake payload behind a nonce (and, later, user profiles).
+handshake payload behind a nonce, and user profiles.
 
 Calls are bounded in time, the secret key goes only to `api_url`, and a failure is a
 value (None), never an exception on the request path. Concurrent requests with one nonce
@@ -13,7 +13,9 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -26,6 +28,32 @@ TIMEOUT_S = 5.0
 REMEMBER_S = 30.0
 REMEMBERED = 10_000
 MAX_BODY = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A Backend API answer: its status (0: no answer at all), the JSON body on 200, and
+    the Retry-After of a 429 or 503."""
+
+    status: int
+    body: Any = None
+    retry_after_s: float | None = None
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not used by Clerk's API)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), 3600.0)
+
+
+def _shape(path: str) -> str:
+    """A path for logs without the id in it (user ids are personal data in some logs)."""
+    return "/v1/users/{id}" if path.startswith("/v1/users/") else path
 
 
 class BackendAPI:
@@ -74,11 +102,21 @@ class BackendAPI:
             self._payloads[nonce] = (now + REMEMBER_S, None)
         return result
 
+    async def user(self, user_id: str) -> Answer:
+        """`GET /v1/users/{id}`: the user object, or why not (404, 429 and its
+        Retry-After, a failure)."""
+        return await self._call(f"/v1/users/{quote(user_id, safe='')}", {})
+
     async def _get(self, path: str, params: dict[str, str]) -> Any:
         """GET a Backend API path; the JSON body, or None (logged) on any failure."""
+        answer = await self._call(path, params)
+        return answer.body if answer.status == 200 else None
+
+    async def _call(self, path: str, params: dict[str, str]) -> Answer:
+        """GET a Backend API path, bounded in time and size; never raises."""
         secret = self.settings.secret_key
         if not secret:
-            return None
+            return Answer(0)
         url = self.settings.api_url.rstrip("/") + path
         headers = {"Authorization": f"Bearer {secret}", "Clerk-API-Version": API_VERSION}
         try:
@@ -87,19 +125,21 @@ class BackendAPI:
                     url, params=params, headers=headers, allow_redirects=False
                 ) as resp:
                     body = await resp.content.read(MAX_BODY + 1)
-                    if resp.status != 200:
-                        log.warning(
-                            "backend API call failed", extra={"path": path, "status": resp.status}
-                        )
-                        return None
+                    status = resp.status
+                    retry_after = _seconds(resp.headers.get("Retry-After"))
+            if status != 200:
+                log.warning(
+                    "backend API call failed", extra={"path": _shape(path), "status": status}
+                )
+                return Answer(status, retry_after_s=retry_after)
             if len(body) > MAX_BODY:
-                return None
-            return json.loads(body)
+                return Answer(0)
+            return Answer(200, json.loads(body))
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             log.warning(
-                "backend API call failed", extra={"path": path, "error": type(exc).__name__}
+                "backend API call failed", extra={"path": _shape(path), "error": type(exc).__name__}
             )
-            return None
+            return Answer(0)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

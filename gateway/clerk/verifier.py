@@ -61,6 +61,7 @@ class Verified:
     the gateway derives from it once (the identity header block, per policy)."""
 
     __slots__ = (
+        "assertions",
         "claims",
         "expires_ms",
         "generation",
@@ -87,6 +88,7 @@ class Verified:
         self.identity: Any = None  # filled by the application on first use...
         self.identity_for: Any = None  # ...for the policy it was built with
         self.last: Any = None  # the application's memo: the last decision made with it
+        self.assertions: Any = None  # ...and its signed assertions, per upstream
 
 
 class SessionVerifier:

@@ -358,3 +358,37 @@ def test_explain_shows_a_handshake_coming_back() -> None:
     )
     assert out["location"] == "http://127.0.0.1:8080/dashboard?tab=2"
     assert out["reason"] is None
+
+
+def test_explain_shows_every_header_run_would_send(tmp_path: Path) -> None:
+    policy = (ROOT / "config" / "routes.yaml").read_text() + (
+        "identity_headers:\n"
+        "  X-Clerk-Email: email\n"
+        "  X-Clerk-Full-Name: name\n"
+        "user_profile:\n"
+        "  headers: {X-Clerk-User-Username: username}\n"
+        "assertion:\n"
+        "  issuer: https://gateway.example.com\n"
+    )
+    path = tmp_path / "routes.yaml"
+    path.write_text(policy)
+    given = json.loads(claims("member"))
+    given.update(email="a@example.com", name="Zoë")
+    result = cli(
+        "explain",
+        "--config",
+        str(path),
+        "GET",
+        "/dashboard",
+        "--claims",
+        json.dumps(given),
+        "--json",
+        env={**APP, "CLERK_SECRET_KEY": "sk_test_x"},
+    )
+    assert result.returncode == 0, result.stderr
+    headers = json.loads(result.stdout)["headers"]
+    assert headers["X-Clerk-Email"] == "a@example.com"
+    assert headers["X-Clerk-Full-Name"] == "Zo%C3%AB"
+    assert headers["X-Clerk-Full-Name-Encoding"] == "percent"
+    assert headers["X-Clerk-User-Username"].startswith("(looked up: username of user_1")
+    assert headers["X-Clerk-Gateway-Assertion"].startswith("(signed: an ES256 JWT for aud=default")

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from gateway.clerk.claims import decode_permissions, principal_from_claims, roles_at
-from gateway.decide import Located, decide
-from gateway.decision import Access, Principal, Reason
+from gateway.clerk.claims import principal_from_claims
+from gateway.decide import Located, decide, locate
+from gateway.decision import ALLOW_ANONYMOUS, Access, Principal, Reason
+from gateway.model import ClerkSettings, Policy, WebhookSettings
 from gateway.paths import Target
-from gateway.routes import Requirement, Route, compile_pattern
+from gateway.routes import HostPattern, Requirement, Route, RouteTable, compile_pattern
 
 ROLE = ("metadata", "role")
 
@@ -183,121 +184,190 @@ def test_unmatched_request_gets_the_default() -> None:
     assert decide(at(None, Access.ADMIN), MEMBER).reason is Reason.ROLE_REQUIRED
 
 
-# Reference test vector 21: fpm decoding.
-FPM = [
+NO_ORG_BUT_A_ROLE = Principal(user_id="u", org_role="org:admin", org_permissions=("org:a:b",))
+
+OUTCOMES = [
+    # (description, access of the matched route (None: no route, the default is protected),
+    #  outcome, (allowed, reason, the principal the decision carries))
+    ("a session on a public route goes upstream", Access.PUBLIC, MEMBER, (True, None, MEMBER)),
+    ("a session on a webhook route goes upstream", Access.WEBHOOK, MEMBER, (True, None, MEMBER)),
+    ("anonymous on a public route", Access.PUBLIC, None, (True, None, None)),
     (
-        "two features, two permissions",
-        "o:dashboard,o:teams",
-        "manage,read",
-        "3,2",
-        ("org:dashboard:manage", "org:dashboard:read", "org:teams:read"),
+        "a pending session on a public route is anonymous",
+        Access.PUBLIC,
+        PENDING,
+        (True, None, None),
+    ),
+    ("a session on a protected route", Access.PROTECTED, MEMBER, (True, None, MEMBER)),
+    (
+        "a member on an admin route: denied, but still identified",
+        Access.ADMIN,
+        MEMBER,
+        (False, Reason.ROLE_REQUIRED, MEMBER),
     ),
     (
-        "five permissions",
-        "o:repositories,o:projects",
-        "read,create,update,delete,revoke",
-        "7,21",
-        (
-            "org:repositories:read",
-            "org:repositories:create",
-            "org:repositories:update",
-            "org:projects:read",
-            "org:projects:update",
-            "org:projects:revoke",
+        "no route matched and a pending session: signed out",
+        None,
+        PENDING,
+        (False, Reason.SESSION_PENDING, None),
+    ),
+    ("no route matched and a session", None, MEMBER, (True, None, MEMBER)),
+    (
+        "no route matched and a failed token",
+        None,
+        Reason.TOKEN_EXPIRED,
+        (False, Reason.TOKEN_EXPIRED, None),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "access", "outcome", "expected"), OUTCOMES, ids=[c[0] for c in OUTCOMES]
+)
+def test_the_decision_carries_the_principal(
+    description: str,
+    access: Access | None,
+    outcome: Principal | Reason | None,
+    expected: tuple[object, ...],
+) -> None:
+    located = at(route(access)) if access is not None else at(None, Access.PROTECTED)
+    decision = decide(located, outcome)
+    got = (decision.allowed, decision.reason, decision.principal)
+    assert got == expected, description
+
+
+def test_anonymous_public_decisions_are_shared() -> None:
+    assert decide(at(route(Access.PUBLIC)), None) is ALLOW_ANONYMOUS
+
+
+UNMET = [
+    # (description, requirement, principal, the denial carrying the principal, or None)
+    (
+        "an org role without an active organization",
+        Requirement(org_roles=("org:admin",)),
+        NO_ORG_BUT_A_ROLE,
+        Reason.ORG_ROLE_REQUIRED,
+    ),
+    (
+        "an org permission without an active organization",
+        Requirement(org_permissions=("org:a:b",)),
+        NO_ORG_BUT_A_ROLE,
+        Reason.ORG_PERMISSION_REQUIRED,
+    ),
+    (
+        "roles are checked before org roles",
+        Requirement(roles=("analyst",), org_roles=("org:admin",)),
+        MEMBER,
+        Reason.ROLE_REQUIRED,
+    ),
+    (
+        "org roles before org permissions",
+        Requirement(org_roles=("org:owner",), org_permissions=("org:x:y",)),
+        V2_ORG_ADMIN,
+        Reason.ORG_ROLE_REQUIRED,
+    ),
+    (
+        "every dimension met",
+        Requirement(
+            roles=("member",), org_roles=("org:member",), org_permissions=("org:reports:read",)
         ),
+        who(
+            metadata={"role": "member"},
+            org_id="org_1",
+            org_role="org:member",
+            org_permissions=["org:reports:read"],
+        ),
+        None,
     ),
-    ("a non-digit mask means none", "o:dashboard", "manage", "1invalid", ()),
-    (
-        "user feature first: indexed by the full fea list (docs, Python SDK)",
-        "u:x,o:b",
-        "read",
-        "0,1",
-        ("org:b:read",),
-    ),
-    ("bits beyond per are dropped", "o:a", "read", "6", ()),
-    ("big masks are fine", "o:a", "p", str(2**70 + 1), ("org:a:p",)),
-    ("missing mask for a feature", "o:a,o:b", "read", "1", ("org:a:read",)),
-    ("ou scope counts as org", "ou:a", "read", "1", ("org:a:read",)),
 ]
 
 
 @pytest.mark.parametrize(
-    ("description", "fea", "per", "fpm", "expected"), FPM, ids=[c[0] for c in FPM]
+    ("description", "require", "principal", "reason"), UNMET, ids=[c[0] for c in UNMET]
 )
-def test_fpm_decoding(
-    description: str, fea: str, per: str, fpm: str, expected: tuple[str, ...]
+def test_requirements(
+    description: str, require: Requirement, principal: Principal, reason: Reason | None
 ) -> None:
-    assert decode_permissions(fea, per, fpm) == expected, description
+    decision = decide(at(route(Access.PROTECTED, require)), principal)
+    assert (decision.allowed, decision.reason) == (reason is None, reason), description
+    assert decision.principal is principal
 
 
-def test_vector_21_principal() -> None:
-    principal = who(
-        v=2,
-        fea="o:dashboard,o:teams",
-        o={"id": "org_1", "rol": "admin", "per": "manage,read", "fpm": "3,2"},
+def policy() -> Policy:
+    routes = (
+        Route(0, (compile_pattern("/admin/**"),), Access.ADMIN),
+        Route(1, (compile_pattern("/hooks"),), Access.WEBHOOK, methods=frozenset(["POST"])),
+        Route(
+            2,
+            (compile_pattern("/tenant/**"),),
+            Access.PROTECTED,
+            host=HostPattern.parse("*.example.com"),
+        ),
     )
-    assert principal.org_role == "org:admin"
-    assert "org:teams:manage" not in principal.org_permissions
-    assert principal.org_permissions == (
-        "org:dashboard:manage",
-        "org:dashboard:read",
-        "org:teams:read",
+    return Policy(
+        "routes.yaml",
+        ClerkSettings(),
+        WebhookSettings(),
+        {},
+        routes,
+        RouteTable(routes),
+        default=Access.PUBLIC,
     )
 
 
-WRONG_TYPES = [
-    ("sub is a number", {"sub": 5}, None),
-    ("sub is empty", {"sub": ""}, None),
-]
-
-
-@pytest.mark.parametrize(
-    ("description", "claims", "expected"), WRONG_TYPES, ids=[c[0] for c in WRONG_TYPES]
-)
-def test_no_principal_without_a_user(
-    description: str, claims: dict[str, Any], expected: None
-) -> None:
-    assert principal_from_claims(claims, ROLE) is expected
-
-
-CLAIM_SHAPES = [
-    ("role string", {"metadata": {"role": "admin"}}, ("admin",)),
+LOCATE = [
+    # (description, method, host, raw target,
+    #  (route index or None, access, path, query, has query) or the Reason)
+    ("a route", "GET", "h", "/admin/x", (0, Access.ADMIN, "/admin/x", "", False)),
     (
-        "role list keeps strings only",
-        {"metadata": {"role": ["admin", 3, None, "x"]}},
-        ("admin", "x"),
+        "normalised before matching, the query kept",
+        "GET",
+        "h",
+        "/public/../admin/x?q=%2F",
+        (0, Access.ADMIN, "/admin/x", "q=%2F", True),
     ),
-    ("role number is no role", {"metadata": {"role": 1}}, ()),
-    ("metadata a string is no role", {"metadata": "admin"}, ()),
-    ("missing metadata", {}, ()),
+    ("no route: the default", "GET", "h", "/nowhere", (None, Access.PUBLIC, "/nowhere", "", False)),
+    ("a route for its method", "POST", "h", "/hooks", (1, Access.WEBHOOK, "/hooks", "", False)),
+    (
+        "another method: the default",
+        "GET",
+        "h",
+        "/hooks",
+        (None, Access.PUBLIC, "/hooks", "", False),
+    ),
+    (
+        "a route for its host",
+        "GET",
+        "a.example.com",
+        "/tenant/1",
+        (2, Access.PROTECTED, "/tenant/1", "", False),
+    ),
+    (
+        "another host: the default",
+        "GET",
+        "example.org",
+        "/tenant/1",
+        (None, Access.PUBLIC, "/tenant/1", "", False),
+    ),
+    ("an ambiguous target", "GET", "h", "/admin%2fx", Reason.PATH_AMBIGUOUS),
+    ("another route once folded", "GET", "h", "/ADMIN/x", Reason.PATH_AMBIGUOUS),
+    ("an absolute-form target", "GET", "h", "http://h/admin", Reason.PATH_AMBIGUOUS),
 ]
 
 
 @pytest.mark.parametrize(
-    ("description", "claims", "expected"), CLAIM_SHAPES, ids=[c[0] for c in CLAIM_SHAPES]
+    ("description", "method", "host", "raw", "expected"), LOCATE, ids=[c[0] for c in LOCATE]
 )
-def test_roles_at(description: str, claims: dict[str, Any], expected: tuple[str, ...]) -> None:
-    assert roles_at(claims, ROLE) == expected, description
-
-
-def test_other_claims_are_exposed() -> None:
-    p = who(
-        sid="sess_1",
-        fva=[3, -1],
-        pla="u:free",
-        fea="o:x,u:y",
-        act={"sub": "user_admin", "sid": "sess_9"},
-    )
-    assert p.session_id == "sess_1"
-    assert p.factor_ages == (3, -1)
-    assert p.plan == ("u:free",)
-    assert p.features == ("o:x", "u:y")
-    assert p.actor is not None
-    assert p.actor.subject == "user_admin"
-
-
-def test_wrongly_typed_org_claims_are_ignored() -> None:
-    p = who(o={"id": 3, "rol": "admin"}, org_id="org_v1")
-    assert (p.org_id, p.org_role, p.org_permissions) == (None, None, ())
-    p = who(org_id="org_1", org_role=["admin"], org_permissions="org:a:b")
-    assert (p.org_id, p.org_role, p.org_permissions) == ("org_1", None, ())
+def test_locate(
+    description: str, method: str, host: str, raw: str, expected: tuple[object, ...] | Reason
+) -> None:
+    located = locate(policy(), method, host, raw)
+    if isinstance(expected, Reason):
+        assert located is expected, description
+        return
+    assert isinstance(located, Located), description
+    index = located.route.index if located.route is not None else None
+    target = located.target
+    got = (index, located.access, target.path, target.query, target.has_query)
+    assert got == expected, description
+    assert located.engine is None

@@ -8,12 +8,22 @@ from __future__ import annotations
 import pytest
 
 from gateway.correlation import correlate
-from gateway.headers import HeaderRules, scan, upstream_head
+from gateway.headers import (
+    HeaderRules,
+    connection_tokens,
+    forwarded_lines,
+    safe_value,
+    scan,
+    upstream_head,
+)
 from gateway.model import IdentityHeaders
 
 CLIENT = "198.51.100.7"
-DEFAULTS = HeaderRules(IdentityHeaders().names())
-CUSTOM = HeaderRules(IdentityHeaders(user_id="X-Remote-User").names(), ("X-Internal-Token",))
+# (identity header names, strip_headers): the rules are built inside each test, so that
+# nothing a test relies on was computed when the module was imported
+Names = tuple[tuple[str, ...], tuple[str, ...]]
+DEFAULTS: Names = (tuple(IdentityHeaders().names()), ())
+CUSTOM: Names = (tuple(IdentityHeaders(user_id="X-Remote-User").names()), ("X-Internal-Token",))
 
 
 class Request:
@@ -42,7 +52,7 @@ def forward(
     incoming: list[tuple[str, str]],
     *,
     trusted: bool = False,
-    reserved: HeaderRules = DEFAULTS,
+    reserved: Names = DEFAULTS,
     identity: tuple[tuple[str, str], ...] = (),
     host_override: str | None = None,
 ) -> list[tuple[str, str]]:
@@ -51,7 +61,7 @@ def forward(
     headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in incoming]
     if not any(n.lower() == b"host" for n, _ in headers):
         headers.insert(0, (b"Host", b"app.example.com"))
-    scan(headers, reserved, trusted, request)
+    scan(headers, HeaderRules(*reserved), trusted, request)
     correlate(request, trusted)  # as the engine does
     head = upstream_head(
         request,
@@ -157,10 +167,53 @@ ROWS = [
         [("X-Keep", "2"), *TAIL],
     ),
     (
+        "'close' in Connection names no header",
+        [("Connection", "close"), ("Close", "1"), ("Keep-Alive", "timeout=5"), ("Upgrade", "h2c")],
+        {},
+        [("Close", "1"), *TAIL],
+    ),
+    (
+        "a header after a stripped one is kept",
+        [("Keep-Alive", "x"), ("X-Clerk-User-Id", "u"), ("X-A", "1")],
+        {},
+        [("X-A", "1"), *TAIL],
+    ),
+    (
+        "the headers the gateway reads are forwarded in place, but request id and trace",
+        [
+            ("Authorization", "Bearer t"),
+            ("Cookie", "a=1"),
+            ("User-Agent", "curl/8"),
+            ("X-Request-Id", "r1"),
+            ("traceparent", "00-1-2-01"),
+            ("Cookie", "b=2"),
+        ],
+        {},
+        [
+            ("Authorization", "Bearer t"),
+            ("Cookie", "a=1"),
+            ("User-Agent", "curl/8"),
+            ("Cookie", "b=2"),
+            *TAIL,  # the gateway's own id (a client's), a new trace (an invalid one)
+        ],
+    ),
+    (
+        "a configured identity name in any spelling, default names too",
+        [("x-clerk-user-id", "u"), ("X-Remote-User", "r")],
+        {},
+        [("X-Remote-User", "r"), *TAIL],
+    ),
+    (
         "names listed in Connection, spaces and case",
         [("Connection", " X-A , x-b "), ("X-A", "1"), ("X-B", "2")],
         {},
         TAIL,
+    ),
+    (
+        "a name listed in Connection between two kept headers",
+        [("Connection", "X-Hop"), ("X-A", "1"), ("X-Hop", "2"), ("X-B", "3")],
+        {},
+        [("X-A", "1"), ("X-B", "3"), *TAIL],
     ),
     (
         "names listed in two Connection headers",
@@ -346,18 +399,222 @@ def test_upstream_headers(
     assert forward(incoming, **options) == expected, description  # type: ignore[arg-type]
 
 
+CODING = "a transfer-coding other than one 'chunked'"
+
+
 @pytest.mark.parametrize(
-    "incoming",
+    ("incoming", "message"),
     [
-        [("Host", "a.example"), ("Host", "b.example")],
-        [("Authorization", "Bearer a"), ("authorization", "Bearer b")],
-        [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
-        [("Transfer-Encoding", "gzip, chunked")],
+        ([("Host", "a.example"), ("Host", "b.example")], "two Host headers"),
+        (
+            [("Authorization", "Bearer a"), ("authorization", "Bearer b")],
+            "two Authorization headers",
+        ),
+        ([("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")], CODING),
+        ([("Transfer-Encoding", "gzip, chunked")], CODING),
     ],
     ids=["two Host", "two Authorization", "two Transfer-Encoding", "a coding besides chunked"],
 )
 def test_heads_whose_meaning_depends_on_the_reader_are_refused(
-    incoming: list[tuple[str, str]],
+    incoming: list[tuple[str, str]], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=r"Host|Authorization|transfer-coding"):
+    with pytest.raises(ValueError, match=r"Host|Authorization|transfer-coding") as refused:
         forward(incoming)
+    assert str(refused.value) == message
+
+
+FIELDS = (
+    "host",
+    "authorization",
+    "cookie",
+    "content_length",
+    "transfer_encoding",
+    "connection",
+    "expect",
+    "upgrade_to",
+    "forwarded",
+    "request_id",
+    "traceparent",
+    "user_agent",
+)
+
+READS = [
+    # (description, incoming, trusted, the fields set (every other stays unset))
+    ("nothing but Host", [("Host", "a.example")], False, {"host": b"a.example"}),
+    ("Authorization", [("authorization", "Bearer t")], False, {"authorization": b"Bearer t"}),
+    (
+        "two Cookie headers joined",
+        [("Cookie", "a=1"), ("cookie", "b=2")],
+        False,
+        {"cookie": b"a=1; b=2"},
+    ),
+    ("framing", [("Content-Length", "5")], False, {"content_length": b"5"}),
+    ("chunked", [("Transfer-Encoding", " Chunked ")], False, {"transfer_encoding": b" Chunked "}),
+    (
+        "two Connection headers joined",
+        [("Connection", "a"), ("Connection", "b")],
+        False,
+        {"connection": b"a,b"},
+    ),
+    ("Expect", [("Expect", "100-continue")], False, {"expect": b"100-continue"}),
+    ("Upgrade", [("Upgrade", "websocket")], False, {"upgrade_to": b"websocket"}),
+    ("request id", [("X-Request-ID", "r1")], False, {"request_id": b"r1"}),
+    ("trace context", [("Traceparent", "00-a-b-01")], False, {"traceparent": b"00-a-b-01"}),
+    ("user agent", [("User-Agent", "curl/8")], False, {"user_agent": b"curl/8"}),
+    ("X-Forwarded-* from a client are not read", [("X-Forwarded-For", "1.1.1.1")], False, {}),
+    (
+        "X-Forwarded-* from a trusted proxy, in order",
+        [
+            ("X-Forwarded-Host", "h.example"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+        True,
+        {"forwarded": [(13, b"h.example"), (11, b"1.1.1.1"), (12, b"https")]},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "incoming", "trusted", "expected"), READS, ids=[c[0] for c in READS]
+)
+def test_what_scan_reads(
+    description: str, incoming: list[tuple[str, str]], trusted: bool, expected: dict[str, object]
+) -> None:
+    request = Request()
+    headers = [(n.encode(), v.encode()) for n, v in incoming]
+    scan(headers, HeaderRules(*DEFAULTS), trusted, request)
+    got = {f: getattr(request, f) for f in FIELDS if getattr(request, f) not in (None, b"")}
+    assert got == expected, description
+
+
+FORWARDED = [
+    # (description, trusted proxy's X-Forwarded-* headers, (For, Proto, Host))
+    ("none: from the connection", [], (CLIENT, "http", "app.example.com")),
+    (
+        "a chain appended to",
+        [("X-Forwarded-For", "1.1.1.1, 2.2.2.2")],
+        (f"1.1.1.1, 2.2.2.2, {CLIENT}", "http", "app.example.com"),
+    ),
+    (
+        "the first Proto and Host",
+        [
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "a"),
+            ("X-Forwarded-Proto", "ws"),
+            ("X-Forwarded-Host", "b"),
+        ],
+        (CLIENT, "https", "a"),
+    ),
+    ("Proto only", [("X-Forwarded-Proto", "https")], (CLIENT, "https", "app.example.com")),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "incoming", "expected"), FORWARDED, ids=[c[0] for c in FORWARDED]
+)
+def test_forwarded_lines(
+    description: str, incoming: list[tuple[str, str]], expected: tuple[str, str, str]
+) -> None:
+    request = Request()
+    headers = [(b"Host", b"app.example.com")] + [(n.encode(), v.encode()) for n, v in incoming]
+    scan(headers, HeaderRules(*DEFAULTS), True, request)
+    got = forwarded_lines(request, CLIENT.encode(), b"http")
+    assert got == tuple(v.encode() for v in expected), description
+
+
+RESERVED = [
+    # (description, header name as sent, never sent by a client)
+    ("our prefix", "X-Clerk-User-Id", True),
+    ("our prefix, folded", "x_clerk.anything", True),
+    ("a configured identity name", "X-Remote-User", True),
+    ("a configured identity name, folded", "x.remote_USER", True),
+    ("a strip_headers name", "x_internal_token", True),
+    ("a longer name", "X-Remote-Username", False),
+    ("the prefix without its dash", "X-Clerkish", False),
+    ("an ordinary header", "Accept", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "name", "reserved"), RESERVED, ids=[c[0] for c in RESERVED]
+)
+def test_is_reserved(description: str, name: str, reserved: bool) -> None:
+    assert HeaderRules(*CUSTOM).is_reserved(name.encode()) is reserved, description
+
+
+@pytest.mark.parametrize(
+    ("description", "value", "tokens"),
+    [
+        ("absent", None, set()),
+        ("comma without space", "close,X-Hop", {"close", "x-hop"}),
+        ("spaces, case and empty items", " Keep-Alive ,, x-A ,", {"keep-alive", "x-a"}),
+    ],
+)
+def test_connection_tokens(description: str, value: str | None, tokens: set[str]) -> None:
+    got = connection_tokens(value.encode() if value is not None else None)
+    assert got == {t.encode() for t in tokens}, description
+
+
+@pytest.mark.parametrize(
+    ("description", "value", "safe"),
+    [
+        ("printable ASCII", "user_1 (admin)", True),
+        ("empty", "", True),
+        ("CR LF", "a\r\nX-Clerk-Role: admin", False),
+        ("a tab", "a\tb", False),
+        ("non-ASCII", "caf\u00e9", False),
+        ("DEL", "a\x7f", False),
+    ],
+)
+def test_safe_value(description: str, value: str, safe: bool) -> None:
+    assert safe_value(value) is safe, description
+
+
+def test_the_upstream_head_with_nothing_added() -> None:
+    request = Request()
+    scan(
+        [(b"Host", b"app.example.com"), (b"Accept", b"*/*")], HeaderRules(*DEFAULTS), False, request
+    )
+    request.request_id, request.traceparent = b"r1", TRACEPARENT.encode()  # as correlated
+    assert upstream_head(request, b"/x?y", b"10.0.0.1", b"https") == (
+        b"GET /x?y HTTP/1.1\r\n"
+        b"Accept: */*\r\n"
+        b"Host: app.example.com\r\n"
+        b"X-Forwarded-For: 10.0.0.1\r\n"
+        b"X-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: app.example.com\r\n"
+        b"X-Request-Id: r1\r\n"
+        b"traceparent: " + TRACEPARENT.encode() + b"\r\n"
+        b"\r\n"
+    )
+
+
+def test_the_upstream_head_with_identity_and_framing() -> None:
+    request = Request()
+    request.method = b"POST"
+    scan([(b"Host", b"app.example.com")], HeaderRules(*DEFAULTS), False, request)
+    request.request_id, request.traceparent = b"r1", TRACEPARENT.encode()
+    request.tracestate = b"v=1"
+    head = upstream_head(
+        request,
+        b"/x",
+        b"10.0.0.1",
+        b"http",
+        b"upstream:8080",
+        b"X-Clerk-User-Id: user_1\r\n",
+        b"Content-Length: 2\r\n",
+    )
+    assert head == (
+        b"POST /x HTTP/1.1\r\n"
+        b"Host: upstream:8080\r\n"
+        b"X-Forwarded-For: 10.0.0.1\r\n"
+        b"X-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: app.example.com\r\n"
+        b"X-Request-Id: r1\r\n"
+        b"traceparent: " + TRACEPARENT.encode() + b"\r\n"
+        b"tracestate: v=1\r\n"
+        b"X-Clerk-User-Id: user_1\r\n"
+        b"Content-Length: 2\r\n"
+        b"\r\n"
+    )

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.paths import normalise_path, normalise_target
+from gateway.paths import fold_invariant, fold_path, normalise_path, normalise_target
 
 AMBIGUOUS = None
 
@@ -24,6 +24,11 @@ CASES = [
     ("lower-case encoded dots too", "/x/%2e%2e/admin", "/admin"),
     ("single dot removed", "/a/./b", "/a/b"),
     ("dot-dot at end leaves directory", "/a/b/..", "/a/"),
+    ("dot at end leaves directory", "/a/b/.", "/a/b/"),
+    ("double slash then a trailing slash keeps it", "/a//b/", "/a/b/"),
+    ("trailing double slash keeps one", "/a//", "/a/"),
+    ("dot-dot to the root", "/a/..", "/"),
+    ("dot to the root", "/.", "/"),
     ("merge // before resolving .. (nginx order)", "/public//../admin/x", "/admin/x"),
     ("reserved escapes kept, hex upper-cased", "/a%3ab", "/a%3Ab"),
     ("encoded ! is not the same as !", "/%21x", "/%21x"),
@@ -49,6 +54,17 @@ CASES = [
     ("an encoded percent before non-hex is fine", "/100%25x", "/100%25x"),
     ("a lone percent refused", "/100%", AMBIGUOUS),
     ("bad hex refused", "/%zz", AMBIGUOUS),
+    ("second hex digit bad refused", "/%4G", AMBIGUOUS),
+    ("first hex digit bad refused", "/%G4", AMBIGUOUS),
+    ("encoded underscore decoded (unreserved)", "/admin%5Fpanel", "/admin_panel"),
+    ("encoded hyphen and dot decoded", "/a%2Db%2Ec", "/a-b.c"),
+    ("encoded @ kept (reserved)", "/a%40b", "/a%40b"),
+    ("last control character refused", "/a%1Fb", AMBIGUOUS),
+    ("last control character in lower-case hex refused", "/a%1fb", AMBIGUOUS),
+    ("raw last control character refused", "/a\x1fb", AMBIGUOUS),
+    ("raw DEL refused", "/a\x7fb", AMBIGUOUS),
+    ("space is the first character allowed encoded", "/a%20b", "/a%20b"),
+    ("raw byte 0x80 and above encoded", "/\u0080", "/%C2%80"),
     ("truncated escape refused", "/a%4", AMBIGUOUS),
     ("invalid UTF-8 refused", "/%FF", AMBIGUOUS),
     ("overlong encoding of '.' refused", "/%C0%AE%C0%AE/admin", AMBIGUOUS),
@@ -88,6 +104,36 @@ def test_normalise_target(
     else:
         assert target is not None
         assert (target.path, target.query, target.has_query) == expected, description
+
+
+# ---- folding: how a case-insensitive server (IIS, Express by default) reads a path --------
+
+FOLDS = [
+    # (description, normalised path, folded, folding cannot change it)
+    ("lower case stays", "/admin/x", "/admin/x", True),
+    ("a dot inside a segment stays", "/v1.2/a.b", "/v1.2/a.b", True),
+    ("a leading dot stays", "/.well-known/x", "/.well-known/x", True),
+    ("upper case lowered", "/ADMIN/X", "/admin/x", False),
+    ("a trailing dot dropped", "/admin./x", "/admin/x", False),
+    ("a trailing dot at the end dropped", "/admin.", "/admin", False),
+    ("a trailing space dropped", "/admin%20/x", "/admin/x", False),
+    ("trailing dots and spaces of each segment", "/a.%20/b./c", "/a/b/c", False),
+    ("a leading dot kept while folding", "/.A", "/.a", False),
+    ("escapes keep upper-case hex", "/%C3%89", "/%C3%A9", False),
+    ("an encoded percent stays encoded", "/A%25", "/a%25", False),
+    ("sub-delims stay raw", "/A!$&'()*+,=:@~_-", "/a!$&'()*+,=:@~_-", False),
+    ("an escape that folding leaves alone", "/a%20b", "/a%20b", False),
+    ("an escape that is not UTF-8 survives folding", "/A%FF", "/a%FF", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "path", "folded", "invariant"), FOLDS, ids=[c[0] for c in FOLDS]
+)
+def test_fold_path(description: str, path: str, folded: str, invariant: bool) -> None:
+    assert fold_invariant(path) is invariant, description
+    assert fold_path(path) == folded, description
+    assert fold_path(folded) == folded  # a fixed point
 
 
 PATH_CHARS = st.sampled_from(

@@ -13,13 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clerk.jwks import KeyCache
-from gateway.clerk.keys import KeyMaterialError, cookie_suffix, load_pem_key, parse_publishable_key
+from gateway.clerk.keys import (
+    KeyMaterialError,
+    PublishableKey,
+    cookie_suffix,
+    load_pem_key,
+    parse_publishable_key,
+)
 from gateway.clerk.tokens import (
     KeySet,
     VerifyKey,
     VerifyOptions,
     b64url_decode,
+    check_header,
+    decode,
     extract,
+    token_from_authorization,
 )
 from gateway.clerk.tokens import (
     verify as verify_sequence,
@@ -78,6 +87,12 @@ VECTORS = [
         Reason.TOKEN_NOT_ACTIVE_YET,
     ),
     ("10: nbf 5 s ahead is inside the skew", {"claims": {"nbf": NOW + 5}}, None, None),
+    (
+        "10: iat 5 s ahead is inside the skew",
+        {"claims": {"iat": NOW + 5, "nbf": None}},
+        None,
+        None,
+    ),
     (
         "10: iat 6 s ahead is in the future",
         {"claims": {"iat": NOW + 6, "nbf": None}},
@@ -366,9 +381,80 @@ def test_mutations_accepted_only_where_pyjwt_accepts(position: int, char: str) -
 
 def test_b64url_is_canonical() -> None:
     assert b64url_decode("QQ") == b"A"
+    assert b64url_decode("AAAX") == b"\x00\x00\x17"  # ends in the letter X
+    assert b64url_decode("QUI") == b"AB"
     for bad in ("QR", "QQ=", "Q", "Q Q", "QQ\n"):
         with pytest.raises(ValueError):  # noqa: PT011
             b64url_decode(bad)
+
+
+@pytest.mark.parametrize(
+    ("description", "part", "message"),
+    [
+        ("one character too many", "QQQQQ", "impossible base64 length"),
+        ("trailing bits set", "QR", "non-canonical base64url"),
+        ("padding", "QQ=", "non-canonical base64url"),
+        ("padding first", "=QQ", "Incorrect padding"),
+    ],
+)
+def test_b64url_refusals_say_why(description: str, part: str, message: str) -> None:
+    with pytest.raises(ValueError) as refused:  # noqa: PT011
+        b64url_decode(part)
+    assert str(refused.value) == message, description
+
+
+def test_the_size_cap_is_inclusive() -> None:
+    cap = 16_384  # as the contract states it (not imported: a changed cap must fail here)
+    assert decode("a" * cap) is Reason.TOKEN_INVALID
+    assert decode("a" * (cap + 1)) is Reason.TOKEN_TOO_LARGE
+
+
+HEADERS = [
+    # (description, JOSE header, Reason or None)
+    ("RS256", {"alg": "RS256"}, None),
+    ("RS384", {"alg": "RS384"}, None),
+    ("RS512", {"alg": "RS512"}, None),
+    ("alg none", {"alg": "none"}, Reason.TOKEN_INVALID_ALGORITHM),
+    ("alg HS256", {"alg": "HS256"}, Reason.TOKEN_INVALID_ALGORITHM),
+    ("alg in lower case", {"alg": "rs256"}, Reason.TOKEN_INVALID_ALGORITHM),
+    ("alg not a string", {"alg": ["RS256"]}, Reason.TOKEN_INVALID_ALGORITHM),
+    ("no alg", {"typ": "JWT"}, Reason.TOKEN_INVALID_ALGORITHM),
+    ("typ JWT", {"alg": "RS256", "typ": "JWT"}, None),
+    ("typ jwt in any case", {"alg": "RS256", "typ": "jwt"}, None),
+    ("typ at+jwt", {"alg": "RS256", "typ": "at+jwt"}, Reason.TOKEN_TYPE_MISMATCH),
+    ("typ AT+JWT", {"alg": "RS256", "typ": "AT+JWT"}, Reason.TOKEN_TYPE_MISMATCH),
+    (
+        "typ application/at+jwt",
+        {"alg": "RS256", "typ": "application/at+jwt"},
+        Reason.TOKEN_TYPE_MISMATCH,
+    ),
+    ("typ another", {"alg": "RS256", "typ": "JOSE"}, Reason.TOKEN_INVALID),
+    ("typ not a string", {"alg": "RS256", "typ": 1}, Reason.TOKEN_INVALID),
+    ("the session category", {"alg": "RS256", "cat": "cl_B7d4PD111AAA"}, None),
+    ("the no-class marker", {"alg": "RS256", "cat": "cl_I7d4PD111III"}, None),
+    ("a JWT template", {"alg": "RS256", "cat": "cl_B7d4PD222AAA"}, Reason.TOKEN_TYPE_MISMATCH),
+    ("crit", {"alg": "RS256", "crit": ["exp"]}, Reason.TOKEN_INVALID),
+    (
+        "the algorithm is checked first",
+        {"alg": "none", "typ": "at+jwt"},
+        Reason.TOKEN_INVALID_ALGORITHM,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "header", "expected"), HEADERS, ids=[c[0] for c in HEADERS]
+)
+def test_check_header(description: str, header: dict[str, Any], expected: Reason | None) -> None:
+    assert check_header(header) == expected, description
+
+
+def test_alg_none_is_refused_for_a_key_that_declares_no_algorithm(devclerk: DevClerk) -> None:
+    keys = KeySet({devclerk.signer.kid: VerifyKey(devclerk.signer.private.public_key())})
+    claims = jwt.decode(devclerk.mint(now=NOW), options={"verify_signature": False})
+    head = b64({"alg": "none", "kid": devclerk.signer.kid})
+    token = f"{head}.{b64(claims)}.{b64(b'sig')}"
+    assert verify(token, keys, NOW_MS, OPTIONS) == Reason.TOKEN_INVALID_ALGORITHM
 
 
 # ---- extraction (reference §2) -------------------------------------------------------------
@@ -377,8 +463,10 @@ PK = "pk_test_Y2xlcmsuY2xlcmsuZGV2JA"  # clerk.clerk.dev, suffix QvfNY2dr
 INSTANCE = parse_publishable_key(PK)
 
 
-def session_token(iss: str | None = "https://clerk.clerk.dev", iat: int = NOW) -> str:
-    claims: dict[str, Any] = {"sub": "u", "iat": iat}
+def session_token(
+    iss: object = "https://clerk.clerk.dev", iat: object = NOW, sub: str = "u", **more: Any
+) -> str:
+    claims: dict[str, Any] = {"sub": sub, "iat": iat, **more}
     if iss:
         claims["iss"] = iss
     return f"{b64({'alg': 'RS256'})}.{b64(claims)}.{b64(b'sig')}"
@@ -489,6 +577,24 @@ EXTRACTION = [
         (T_PLAIN, "cookie", "4"),
     ),
     ("empty session cookie is no token", None, {"__session": ""}, (None, "none", None)),
+    (
+        "the scheme ends at the first space",
+        "Bearer a b",
+        {},
+        ("a b", "header", None),
+    ),
+    (
+        "an empty Authorization header falls through",
+        "",
+        {"__session": T_PLAIN},
+        (T_PLAIN, "cookie", None),
+    ),
+    (
+        "a Bearer without a token falls through",
+        "Bearer  ",
+        {"__session": T_PLAIN},
+        (T_PLAIN, "cookie", None),
+    ),
 ]
 
 
@@ -503,6 +609,196 @@ def test_extraction(
 ) -> None:
     got = extract(auth, cookies, INSTANCE, NOW)
     assert (got.token, got.source, got.client_uat) == expected, description
+
+
+# ---- the cookie choice: Clerk's shouldUseSuffixed (reference §2) -------------------------
+
+SUFFIX = "QvfNY2dr"
+DEV = INSTANCE  # pk_test: a development instance
+LIVE = PublishableKey(INSTANCE.frontend_api, True, SUFFIX)  # the same, in production
+
+S_NEW = session_token(sub="suffixed-new", iat=NOW)
+S_OLD = session_token(sub="suffixed-old", iat=NOW - 100)
+P_NEW = session_token(sub="plain-new", iat=NOW)
+P_OLD = session_token(sub="plain-old", iat=NOW - 100)
+S_EXPIRED = session_token(sub="suffixed-expired", iat=NOW - 100, exp=NOW)
+S_HALF = session_token(sub="suffixed-half", iat=NOW - 100, exp=NOW + 0.5)
+S_LIVE = session_token(sub="suffixed-live", iat=NOW - 100, exp=NOW + 1)
+S_BAD_EXP = session_token(sub="suffixed-bad-exp", iat=NOW - 100, exp="soon")
+
+
+def jar(
+    suffixed: str | None = None,
+    suffixed_uat: str | None = None,
+    plain: str | None = None,
+    plain_uat: str | None = None,
+) -> dict[str, str]:
+    cookies = {
+        f"__session_{SUFFIX}": suffixed,
+        f"__client_uat_{SUFFIX}": suffixed_uat,
+        "__session": plain,
+        "__client_uat": plain_uat,
+    }
+    return {name: value for name, value in cookies.items() if value is not None}
+
+
+COOKIE_CHOICE = [
+    # (description, instance, cookies, (token, client_uat) read)
+    ("only this app's suffixed cookies", DEV, jar(S_OLD, "7"), (S_OLD, "7")),
+    ("a suffixed uat without its session", DEV, jar(suffixed_uat="7"), (None, "7")),
+    (
+        "a suffixed uat without its session, a plain session: suffixed",
+        DEV,
+        jar(suffixed_uat="7", plain=P_OLD, plain_uat="0"),
+        (None, "7"),
+    ),
+    (
+        "no suffixed cookies, a plain session signed out: plain",
+        DEV,
+        jar(plain=P_NEW, plain_uat="0"),
+        (P_NEW, "0"),
+    ),
+    ("the suffixed session newer: suffixed", DEV, jar(S_NEW, "7", P_OLD, "8"), (S_NEW, "7")),
+    ("the plain session newer: plain", DEV, jar(S_OLD, "7", P_NEW, "8"), (P_NEW, "8")),
+    (
+        "both issued in the same second: suffixed",
+        DEV,
+        jar(S_NEW, "7", session_token(sub="plain-same", iat=NOW), "8"),
+        (S_NEW, "7"),
+    ),
+    (
+        "the plain session newer but signed out: suffixed",
+        DEV,
+        jar(S_OLD, "7", P_NEW, "0"),
+        (S_OLD, "7"),
+    ),
+    (
+        "the plain session newer, the suffixed uat says signed out: plain",
+        DEV,
+        jar(S_OLD, "0", P_NEW, "8"),
+        (P_NEW, "8"),
+    ),
+    ("both signed out: suffixed", DEV, jar(S_NEW, "0", P_OLD, "0"), (S_NEW, "0")),
+    (
+        "both signed out, the suffixed token expired: suffixed",
+        DEV,
+        jar(S_EXPIRED, "0", P_OLD, "0"),
+        (S_EXPIRED, "0"),
+    ),
+    (
+        "development: suffixed signed in but expired, plain signed out: plain",
+        DEV,
+        jar(S_EXPIRED, "7", P_OLD, "0"),
+        (P_OLD, "0"),
+    ),
+    (
+        "development: expiry compares whole seconds (exp half a second ahead is not past)",
+        DEV,
+        jar(S_HALF, "7", P_OLD, "0"),
+        (S_HALF, "7"),
+    ),
+    (
+        "development: suffixed signed in and not expired: suffixed",
+        DEV,
+        jar(S_LIVE, "7", P_OLD, "0"),
+        (S_LIVE, "7"),
+    ),
+    (
+        "development: an exp that is no number is not expired",
+        DEV,
+        jar(S_BAD_EXP, "7", P_OLD, "0"),
+        (S_BAD_EXP, "7"),
+    ),
+    (
+        "development: expired suffixed, but plain signed in and older: suffixed",
+        DEV,
+        jar(S_EXPIRED, "7", session_token(sub="plain-older", iat=NOW - 200), "9"),
+        (S_EXPIRED, "7"),
+    ),
+    (
+        "production: an expired suffixed session is still the one read",
+        LIVE,
+        jar(S_EXPIRED, "7", P_OLD, "0"),
+        (S_EXPIRED, "7"),
+    ),
+    (
+        "a plain session that is not a JWT: plain (signed out, no loop)",
+        DEV,
+        jar(S_NEW, "7", "not-a-jwt", "8"),
+        ("not-a-jwt", "8"),
+    ),
+    (
+        "a plain session with an empty iss: plain",
+        DEV,
+        jar(S_NEW, "7", session_token(iss="", sub="p"), "8"),
+        (session_token(iss="", sub="p"), "8"),
+    ),
+    (
+        "a plain session with a numeric iss: plain (malformed)",
+        DEV,
+        jar(S_NEW, "7", session_token(iss=5, sub="p"), "8"),
+        (session_token(iss=5, sub="p"), "8"),
+    ),
+    (
+        "a plain session of this instance over plain http, upper case: compared",
+        DEV,
+        jar(S_OLD, "7", session_token(iss="HTTP://clerk.clerk.dev", sub="p", iat=NOW), "8"),
+        (session_token(iss="HTTP://clerk.clerk.dev", sub="p", iat=NOW), "8"),
+    ),
+    (
+        "a plain session of another instance: suffixed even if newer",
+        DEV,
+        jar(S_OLD, "7", session_token(iss="https://clerk.other.dev", sub="p", iat=NOW), "8"),
+        (S_OLD, "7"),
+    ),
+    (
+        "a plain session without iat counts as issued at 0 (not newer than 0)",
+        DEV,
+        jar(session_token(sub="s0", iat=0), "7", session_token(sub="p", iat=None), "8"),
+        (session_token(sub="s0", iat=0), "7"),
+    ),
+    (
+        "a plain session whose iat is no number counts as oldest",
+        DEV,
+        jar(S_OLD, "7", session_token(sub="p", iat="late"), "8"),
+        (S_OLD, "7"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "instance", "cookies", "expected"),
+    COOKIE_CHOICE,
+    ids=[c[0] for c in COOKIE_CHOICE],
+)
+def test_cookie_choice(
+    description: str,
+    instance: PublishableKey,
+    cookies: dict[str, str],
+    expected: tuple[str | None, str | None],
+) -> None:
+    got = extract(None, cookies, instance, NOW + 0.9)
+    assert (got.token, got.client_uat) == expected, description
+    assert got.source == ("cookie" if got.token else "none")
+
+
+def test_no_instance_reads_the_plain_cookies() -> None:
+    got = extract(None, jar(S_NEW, "7", P_OLD, "8"), None, NOW)
+    assert (got.token, got.client_uat) == (P_OLD, "8")
+
+
+@pytest.mark.parametrize(
+    ("description", "value", "token"),
+    [
+        ("Bearer", "Bearer t", "t"),
+        ("no scheme", "t", "t"),
+        ("empty", "", None),
+        ("Basic", "Basic dXNlcg==", None),
+        ("spaces after the scheme", "Bearer   t ", "t"),
+    ],
+)
+def test_token_from_authorization(description: str, value: str, token: str | None) -> None:
+    assert token_from_authorization(value) == token, description
 
 
 # ---- keys (reference vector 22) ----------------------------------------------------------

@@ -24,6 +24,9 @@ TS = 1614265330
 BODY = b'{"test": 2432232314}'
 SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 KEYS = (secret_bytes(SECRET),)
+# the caps as the contract states them (not imported: a changed cap must fail a test)
+ID_CAP = 256
+SIGNATURE_CAP = 16_384
 
 
 def headers(signature: str = SIGNATURE, msg_id: str = MSG_ID, ts: str = str(TS)) -> WebhookHeaders:
@@ -35,6 +38,8 @@ VECTOR_23 = [
     ("the reference signature", headers(), BODY, TS, None),
     ("299 s later", headers(), BODY, TS + 299, None),
     ("299 s earlier", headers(), BODY, TS - 299, None),
+    ("exactly the tolerance later", headers(), BODY, TS + 300, None),
+    ("exactly the tolerance earlier", headers(), BODY, TS - 300, None),
     ("301 s later is too old", headers(), BODY, TS + 301, Reason.WEBHOOK_TIMESTAMP_TOO_OLD),
     ("301 s earlier is too new", headers(), BODY, TS - 301, Reason.WEBHOOK_TIMESTAMP_TOO_NEW),
     ("a v1a entry is ignored", headers(f"v1a,xxx {SIGNATURE}"), BODY, TS, None),
@@ -50,6 +55,41 @@ VECTOR_23 = [
         "re-serialised JSON is not the signed bytes",
         headers(),
         b'{"test":2432232314}',
+        TS,
+        Reason.WEBHOOK_SIGNATURE_INVALID,
+    ),
+    (
+        "rotation: the good signature first, a bogus entry after it",
+        headers(f"{SIGNATURE} v1,{base64.b64encode(b'x' * 32).decode()}"),
+        BODY,
+        TS,
+        None,
+    ),
+    (
+        "an entry that is not base64 before the good one",
+        headers(f"v1,!!! {SIGNATURE}"),
+        BODY,
+        TS,
+        None,
+    ),
+    (
+        "the right HMAC under another version",
+        headers(SIGNATURE.replace("v1,", "v2,")),
+        BODY,
+        TS,
+        Reason.WEBHOOK_SIGNATURE_INVALID,
+    ),
+    (
+        "the right HMAC with a stray character",
+        headers(SIGNATURE + "!"),
+        BODY,
+        TS,
+        Reason.WEBHOOK_SIGNATURE_INVALID,
+    ),
+    (
+        "entries separated by a tab, not a space",
+        headers(f"v1,AAAA\t{SIGNATURE}"),
+        BODY,
         TS,
         Reason.WEBHOOK_SIGNATURE_INVALID,
     ),
@@ -85,6 +125,33 @@ MALFORMED = [
     ("100 KB signature header", headers("v1," + "A" * 100_000), Reason.WEBHOOK_HEADERS_INVALID),
     ("100 KB of entries", headers("v1,AAAA " * 12_500), Reason.WEBHOOK_HEADERS_INVALID),
     ("control character in the id", headers(msg_id="msg\n1"), Reason.WEBHOOK_HEADERS_INVALID),
+    ("a non-ASCII id", headers(msg_id="msg_\u00e9"), Reason.WEBHOOK_HEADERS_INVALID),
+    (
+        "an id at the cap is read",
+        headers(msg_id="m" * ID_CAP),
+        Reason.WEBHOOK_SIGNATURE_INVALID,
+    ),
+    (
+        "an id one past the cap",
+        headers(msg_id="m" * (ID_CAP + 1)),
+        Reason.WEBHOOK_HEADERS_INVALID,
+    ),
+    (
+        "a twelve-digit timestamp is read",
+        headers(ts="1" + "0" * 11),
+        Reason.WEBHOOK_TIMESTAMP_TOO_NEW,
+    ),
+    ("a thirteen-digit timestamp", headers(ts="1" + "0" * 12), Reason.WEBHOOK_HEADERS_INVALID),
+    (
+        "a signature header at the cap is read",
+        headers(("v1,AAAA " * 2048)[:SIGNATURE_CAP]),
+        Reason.WEBHOOK_SIGNATURE_INVALID,
+    ),
+    (
+        "a signature header one past the cap",
+        headers(("v1,AAAA " * 2048)[:SIGNATURE_CAP] + "A"),
+        Reason.WEBHOOK_HEADERS_INVALID,
+    ),
 ]
 
 
@@ -167,9 +234,36 @@ def test_rotation_accepts_either_secret() -> None:
     assert verify(headers(other), BODY, keys, TS, 300) is Reason.WEBHOOK_SIGNATURE_INVALID
 
 
+SECRETS = [
+    # (description, secret, HMAC key)
+    ("the reference secret", SECRET, base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
+    ("padding added when missing (two)", "whsec_QQ", b"A"),
+    ("padding added when missing (one)", "whsec_QUI", b"AB"),
+    ("padding already there", "whsec_QQ==", b"A"),
+    ("no prefix", "QUI=", b"AB"),
+]
+
+
+@pytest.mark.parametrize(("description", "secret", "key"), SECRETS, ids=[c[0] for c in SECRETS])
+def test_secret_bytes(description: str, secret: str, key: bytes) -> None:
+    assert secret_bytes(secret) == key, description
+
+
+@pytest.mark.parametrize("secret", ["whsec_QQ!!", "whsec_Q Q", "whsec_QUI==="])
+def test_a_secret_that_is_not_base64_is_refused(secret: str) -> None:
+    with pytest.raises(ValueError) as refused:  # noqa: PT011
+        secret_bytes(secret)
+    assert str(refused.value) == "webhook secret is not base64 after 'whsec_'"
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
+        (b'{"type":"' + b"t" * 100 + b'"}', "t" * 100),
+        (b'{"type":"' + b"t" * 101 + b'"}', "unknown"),
+        (b'{"type":""}', "unknown"),
+        (b'{"type":"a\\u0000b"}', "unknown"),
+        (b'{"type":"caf\\u00e9"}', "unknown"),
         (b'{"type":"user.created"}', "user.created"),
         (b"not json", "unknown"),
         (b'{"type":3}', "unknown"),
@@ -189,3 +283,12 @@ def test_delivery_record() -> None:
     assert record.begin("msg_1")
     record.finish("msg_1", accepted=True)
     assert record.delivered("msg_1")
+
+
+def test_the_delivery_record_is_bounded() -> None:
+    record = DeliveryRecord(remember_s=900)
+    for i in range(100_001):
+        record.finish(f"msg_{i}", accepted=True)
+    assert not record.delivered("msg_0")  # the oldest made room
+    assert record.delivered("msg_1")
+    assert record.delivered("msg_100000")
