@@ -27,11 +27,13 @@ from gateway.clerk.keys import (
     parse_publishable_key,
 )
 from gateway.decision import Access
+from gateway.headers import fold
 from gateway.model import (
     DEFAULT_API_URL,
     FORWARD_AUTH,
     MODES,
     PROXY,
+    UNSTRIPPABLE,
     AssertionSettings,
     ClerkSettings,
     HeaderPath,
@@ -253,7 +255,7 @@ class _Reader(Reader):
             role_claim=role_claim,
             trusted_proxies=self.networks("trusted_proxies", root.get("trusted_proxies")),
             case_insensitive_paths=ci,
-            strip_headers=self.header_names("strip_headers", root.get("strip_headers")),
+            strip_headers=self.strip_headers(root.get("strip_headers")),
             limits=self.limits(root.get("limits")),
             identity_headers=self.identity_headers(root.get("identity_headers")),
             user_profile=self.user_profile(root.get("user_profile"), clerk),
@@ -640,6 +642,14 @@ class _Reader(Reader):
                 self.error(f"{path}[{i}]", f"{name!r} is not a valid header name")
         return names
 
+    def strip_headers(self, value: Any) -> tuple[str, ...]:
+        names = self.header_names("strip_headers", value)
+        for i, name in enumerate(names):
+            why = UNSTRIPPABLE.get(fold(name.encode("latin-1")).decode("latin-1"))
+            if why is not None:
+                self.error(f"strip_headers[{i}]", f"{name!r} cannot be stripped: {why}")
+        return names
+
     def identity_headers(self, value: Any) -> IdentityHeaders:
         if value is not None and not isinstance(value, dict):
             self.error("identity_headers", f"must be a mapping, got {kind_of(value)}")
@@ -690,7 +700,9 @@ class _Reader(Reader):
         if not name or not set(name) <= _TOKEN_CHARS:
             self.error(path, f"{name!r} is not a valid header name")
             return False
-        if name.lower().replace("_", "-") in _MANAGED_HEADERS:
+        # folded as the header rules and CGI-style servers read names: X.Request.Id is
+        # X-Request-Id to them
+        if fold(name.encode("latin-1")).decode("latin-1") in _MANAGED_HEADERS:
             self.error(path, f"{name!r} is managed by the gateway; choose another name")
             return False
         return True

@@ -5,7 +5,10 @@ whatever the route or outcome, any client header that looks like one of ours is 
 first: every name starting with `X-Clerk-`, every configured identity header name and
 every `strip_headers` name, compared case-insensitively with every character that is not a
 letter or digit read as `-` (CGI and WSGI fold `X_Clerk_User_Id` into the same variable
-as `X-Clerk-User-Id`; some frameworks read `X.Clerk.User.Id` alike). Headers that servers
+as `X-Clerk-User-Id`; some frameworks read `X.Clerk.User.Id` alike). A configured name is
+removed before the gateway reads it, so a stripped X-Request-Id, User-Agent, traceparent or
+Expect is as if never sent (the framing and the credentials cannot be stripped: `check`
+refuses them, model.UNSTRIPPABLE). Headers that servers
 and frameworks trust to rewrite the URL, the method or the client address are removed too
 unless a trusted proxy sent them.
 
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway.correlation import traced
+from gateway.model import UNSTRIPPABLE
 
 # What to do with a request header (the cached verdict per name).
 KEEP = 0
@@ -112,6 +116,8 @@ _SPECIAL = {
     b"tracestate": TRACESTATE,
     b"user-agent": USER_AGENT,
 }
+# `check` refuses them in strip_headers; kept here too, so framing never depends on it
+_UNSTRIPPABLE = frozenset(name.encode("latin-1") for name in UNSTRIPPABLE)
 _ACTIONS_CACHED = 2048  # distinct names remembered per policy; a flood of others is just slower
 
 
@@ -135,11 +141,15 @@ class HeaderRules:
 
     def _classify(self, name: bytes) -> int:
         lower = name.lower()
+        folded = lower.translate(_NOT_ALNUM)
+        if folded in self.reserved and folded not in _UNSTRIPPABLE:
+            # a configured name is dropped before the engine reads it: a stripped
+            # X-Request-Id, User-Agent, traceparent or Expect is as if never sent
+            return DROP
         special = _SPECIAL.get(lower)
         if special is not None:
             return special
-        folded = lower.translate(_NOT_ALNUM)
-        if lower in HOP_BY_HOP or folded.startswith(RESERVED_PREFIX) or folded in self.reserved:
+        if lower in HOP_BY_HOP or folded.startswith(RESERVED_PREFIX):
             return DROP
         if folded == b"x-request-id":
             return DROP  # X_Request_Id is X-Request-Id to CGI and WSGI: the gateway's, only

@@ -20,6 +20,23 @@ PROXY = "proxy"  # the gateway forwards allowed requests itself
 FORWARD_AUTH = "forward-auth"  # another proxy asks, the gateway answers
 MODES = (PROXY, FORWARD_AUTH)
 
+# Request headers the engine cannot act as if a client never sent (message framing, the
+# connection, the authority, the credentials it verifies): `strip_headers` may not name
+# them, and `check` says why. Every other name it lists is removed before the engine reads
+# it (X-Request-Id, User-Agent, traceparent, Expect, X-Forwarded-* ...). By lower-case
+# name, compared after the same folding as identity headers.
+UNSTRIPPABLE = {
+    "host": "every HTTP/1.1 request has one; an upstream with `preserve_host: false` "
+    "receives its own",
+    "content-length": "it frames the request body; the gateway reframes what it forwards",
+    "transfer-encoding": "it frames the request body; it is never forwarded as sent",
+    "connection": "it is hop-by-hop: never forwarded, read for the client connection only",
+    "upgrade": "it is hop-by-hop: never forwarded, read for the client connection only",
+    "authorization": "the gateway reads the session token from it: every request would be "
+    "signed out",
+    "cookie": "the gateway reads the session cookie from it: every browser would be signed out",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class JwksSettings:

@@ -421,6 +421,34 @@ async def test_a_trusted_proxy_may_send_them_and_strip_headers_adds_more(gw: Run
     assert "x-remote-user" not in seen
 
 
+async def test_strip_headers_holds_for_names_the_gateway_reads_itself(gw: Running) -> None:
+    """strip_headers naming X-Request-Id, User-Agent and traceparent: what the client sent
+    under those names never reaches the upstream, even from a trusted proxy (whose
+    X-Request-Id and traceparent the gateway would otherwise pass on), and the gateway
+    acts as if they were never sent (its own id, a new trace, no user agent logged)."""
+    text = gw.policy_path.read_text().replace(
+        "trusted_proxies: [10.99.0.0/16]", "trusted_proxies: [127.0.0.1/32]"
+    )
+    strip = "strip_headers: [X-Request-Id, User-Agent, Traceparent]\n"
+    gw.policy_path.write_text(text + strip)
+    assert await gw.gateway.reload()
+    valid_trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    seen_lines: list[dict[str, object]] = []
+    gw.gateway.access_log.sink = seen_lines.append
+    for trace in ("from-the-client", valid_trace):
+        sent = {"X-Request-Id": "from-the-client", "User-Agent": "from-the-client"}
+        r = await gw.get("/public/x", headers={**sent, "Traceparent": trace})
+        assert r.status == 200
+        received = gw.upstream.last["headers"]
+        assert not [(k, v) for k, v in received if "from-the-client" in v or v == valid_trace]
+        seen = {k.lower(): v for k, v in received}
+        assert seen["x-request-id"] == r.headers["X-Request-Id"]  # the gateway's own
+        assert "user-agent" not in seen
+        assert seen["traceparent"][3:35] != valid_trace[3:35]  # a trace of its own
+    assert [line["user_agent"] for line in seen_lines] == [None, None]
+    assert "from-the-client" not in json.dumps(seen_lines)
+
+
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
 async def test_the_bearer_scheme_is_case_insensitive(gw: Running, scheme: str) -> None:
     token = gw.clerk.mint("user_2alice")

@@ -434,3 +434,33 @@ def test_an_unknown_mode_is_an_error() -> None:
     text = FORWARD_AUTH.replace("mode: forward-auth", "mode: sidecar")
     errors = [str(p) for p in parse_policy(text, "p.yaml", for_run=False, env={}).errors]
     assert "p.yaml:1: mode: must be one of proxy, forward-auth, got a string ('sidecar')" in errors
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Host", "every HTTP/1.1 request has one"),
+        ("content_length", "it frames the request body"),  # any spelling
+        ("Transfer-Encoding", "it frames the request body"),
+        ("Connection", "hop-by-hop"),
+        ("Upgrade", "hop-by-hop"),
+        ("Authorization", "every request would be signed out"),
+        ("COOKIE", "every browser would be signed out"),
+    ],
+)
+def test_strip_headers_refuses_what_the_engine_cannot_do_without(name: str, why: str) -> None:
+    result = load(BASE + f"strip_headers: [X-Internal, {name}]\n")
+    assert result.policy is None
+    (problem,) = result.errors
+    assert f"routes.yaml:6: strip_headers[1]: {name!r} cannot be stripped: " in str(problem)
+    assert why in str(problem)
+
+
+def test_strip_headers_may_name_headers_the_gateway_reads() -> None:
+    """They are removed before the gateway reads them (headers.py), so listing them is
+    meaningful: the gateway acts as if the client never sent them."""
+    names = "[X-Request-Id, User-Agent, Traceparent, Tracestate, Expect, X-Forwarded-For]"
+    result = load(BASE + f"strip_headers: {names}\n")
+    assert result.errors == ()
+    assert result.policy is not None
+    assert result.policy.strip_headers == tuple(names[1:-1].split(", "))

@@ -488,6 +488,59 @@ def test_what_scan_reads(
     assert got == expected, description
 
 
+ENGINE_READS = [
+    ("X-Request-Id", "from-the-client"),
+    ("User-Agent", "from-the-client"),
+    ("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ("Tracestate", "from=the-client"),
+    ("Expect", "100-continue"),
+    ("X-Forwarded-For", "203.0.113.9"),
+    ("X-Forwarded-Proto", "https"),
+    ("Forwarded", "for=203.0.113.9"),
+]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_strip_headers_drop_names_the_engine_reads_before_it_reads_them(trusted: bool) -> None:
+    """A stripped name is as if never sent: not read (no request id, trace, Expect or
+    forwarding facts believed) and not forwarded, in any spelling, even from a proxy."""
+    request = Request()
+    stripped = ((), tuple(name for name, _ in ENGINE_READS))
+    sent = [(b"Host", b"a.example")] + [
+        (spelling(n).encode(), v.encode()) for n, v in ENGINE_READS for spelling in SPELLINGS
+    ]
+    scan(sent, HeaderRules(*stripped), trusted, request)
+    got = {f: getattr(request, f) for f in FIELDS if getattr(request, f) not in (None, b"")}
+    assert got == {"host": b"a.example"}
+    assert request.kept == []
+
+
+SPELLINGS = (str, str.lower, str.upper, lambda n: n.replace("-", "_"))
+
+
+def test_strip_headers_never_take_the_framing_or_the_credentials() -> None:
+    """`check` refuses these in strip_headers; the rules keep reading them anyway, so the
+    framing of a request never depends on a policy file."""
+    request = Request()
+    listed = ((), ("Host", "Content-Length", "Transfer-Encoding", "Authorization", "Cookie"))
+    sent = [
+        (b"Host", b"a.example"),
+        (b"Content-Length", b"2"),
+        (b"Authorization", b"Bearer t"),
+        (b"Cookie", b"a=1"),
+    ]
+    scan(sent, HeaderRules(*listed), False, request)
+    assert (request.host, request.content_length) == (b"a.example", b"2")
+    assert (request.authorization, request.cookie) == (b"Bearer t", b"a=1")
+
+
+def test_the_client_values_of_stripped_names_never_reach_the_upstream() -> None:
+    stripped = ((), tuple(name for name, _ in ENGINE_READS))
+    for trusted in (False, True):
+        sent = forward(ENGINE_READS, trusted=trusted, reserved=stripped)
+        assert sent == TAIL, trusted  # the gateway's own id, trace and X-Forwarded-*
+
+
 FORWARDED = [
     # (description, trusted proxy's X-Forwarded-* headers, (For, Proto, Host))
     ("none: from the connection", [], (CLIENT, "http", "app.example.com")),

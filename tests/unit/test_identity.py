@@ -133,6 +133,7 @@ def test_identity_headers_take_any_claim_and_strip_every_configured_name() -> No
         ("Host: email", "managed by the gateway"),
         ("Cookie: email", "managed by the gateway"),
         ("X-Forwarded-For: email", "managed by the gateway"),
+        ("X.Request.Id: email", "managed by the gateway"),  # folded as servers read it
         ("X-Email: 'a..b'", "must be a dot path"),
         ("X-Email: ''", "needs a claim path"),
         ("X-Email: 3", "must be a string"),
