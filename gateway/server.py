@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.sharedctypes import Synchronized
@@ -141,11 +141,22 @@ async def run_until_stopped(
             shutdown=shutdown,
         )
     except ValueError as exc:
-        print(f"clerk-gateway: refusing to start, the policy is invalid:\n{exc}", file=sys.stderr)
+        # JSON like every other line: a log pipeline that parses lines must see this one
+        log.error(
+            "refusing to start: the policy is invalid",
+            extra={"config": settings.config, "problems": str(exc).splitlines()},
+        )
         await gateway.close()
         return 1
     except OSError as exc:
-        print(f"clerk-gateway: cannot listen: {exc}", file=sys.stderr)
+        log.error(
+            "refusing to start: cannot listen",
+            extra={
+                "listen": str(settings.listen),
+                "admin_listen": str(settings.admin_listen),
+                "error": str(exc),
+            },
+        )
         await gateway.close()
         return 1
     gateway.watch(settings.watch_interval_s)
@@ -216,12 +227,22 @@ def _worker(settings: Settings, running: Synchronized[int]) -> None:
     _use_uvloop()
     siblings = partial(_all_running, running, settings.workers)
     sys.exit(
-        asyncio.run(
+        _run_logged(
             run_until_stopped(
                 settings, reuse_port=True, siblings=siblings, stop_signals=(signal.SIGTERM,)
             )
         )
     )
+
+
+def _run_logged(main: Coroutine[None, None, int]) -> int:
+    """asyncio.run, with a crash (a bug) logged as a JSON line with its traceback rather
+    than printed as text a log pipeline cannot parse; exit 1, as Python's own."""
+    try:
+        return asyncio.run(main)
+    except Exception:
+        log.critical("crashed", exc_info=True)
+        return 1
 
 
 def _all_running(running: Synchronized[int], wanted: int) -> bool:
@@ -247,7 +268,7 @@ def serve(settings: Settings) -> int:
     configure()
     if settings.workers == 1:
         _use_uvloop()
-        return asyncio.run(run_until_stopped(settings))
+        return _run_logged(run_until_stopped(settings))
     return Supervisor(settings).run()
 
 

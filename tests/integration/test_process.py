@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -116,32 +117,63 @@ async def test_sigterm_drains_an_in_flight_request(
             await proc.wait()
 
 
-async def refused_start(tmp_path: Path, policy: str, env: dict[str, str] | None = None) -> str:
-    """Start `clerk-gateway run` on a policy it must refuse; its stderr."""
+async def refused_start(
+    tmp_path: Path, policy: str, env: dict[str, str] | None = None, *listen: str
+) -> dict[str, Any]:
+    """Start `clerk-gateway run` where it must refuse to start: exit 1, nothing on stderr,
+    every line on stdout JSON; the error line, parsed."""
     path = tmp_path / "routes.yaml"
     path.write_text(policy)
+    listen = listen or ("--listen", f"{LOOPBACK}:0", "--admin-listen", f"{LOOPBACK}:0")
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "gateway", "run", "--config", str(path)),
-        *("--listen", f"{LOOPBACK}:0", "--admin-listen", f"{LOOPBACK}:0"),
+        *(sys.executable, "-m", "gateway", "run", "--config", str(path), *listen),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
-    return err.decode()
+    assert err == b""
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    (error,) = [line for line in lines if line["level"] == "error"]
+    assert error["logger"] == "clerk_gateway"
+    assert error["msg"].startswith("refusing to start")
+    return error
 
 
 async def test_run_refuses_an_invalid_policy(tmp_path: Path) -> None:
     policy = "upstream: http://127.0.0.1:1\nroutes:\n  - {path: /x, access: maybe}\n"
-    assert "routes[0].access: unknown access 'maybe'" in await refused_start(tmp_path, policy)
+    error = await refused_start(tmp_path, policy)
+    assert error["msg"] == "refusing to start: the policy is invalid"
+    assert error["config"] == str(tmp_path / "routes.yaml")
+    assert any("routes[0].access: unknown access 'maybe'" in p for p in error["problems"])
 
 
 async def test_run_names_an_unset_variable(tmp_path: Path) -> None:
     policy = "clerk:\n  secret_key: ${NOT_SET_ANYWHERE}\nupstream: http://127.0.0.1:1\n"
     env = {k: v for k, v in os.environ.items() if k != "NOT_SET_ANYWHERE"}
-    assert "${NOT_SET_ANYWHERE} is not set" in await refused_start(tmp_path, policy, env)
+    error = await refused_start(tmp_path, policy, env)
+    assert any("${NOT_SET_ANYWHERE} is not set" in p for p in error["problems"])
+
+
+async def test_run_says_which_port_is_taken(tmp_path: Path, devclerk: DevClerk) -> None:
+    taken = await asyncio.start_server(lambda r, w: None, LOOPBACK, 0)
+    port = taken.sockets[0].getsockname()[1]
+    try:
+        error = await refused_start(
+            tmp_path,
+            "clerk:\n  jwt_key: ${CLERK_JWT_KEY}\nupstream: http://127.0.0.1:1\n",
+            {**os.environ, "CLERK_JWT_KEY": devclerk.signer.public_pem()},
+            *("--listen", f"{LOOPBACK}:{port}", "--admin-listen", f"{LOOPBACK}:0"),
+        )
+    finally:
+        taken.close()
+        await taken.wait_closed()
+    assert error["msg"] == "refusing to start: cannot listen"
+    assert error["listen"] == f"{LOOPBACK}:{port}"
+    assert "address already in use" in error["error"].lower()
+    assert "BEGIN PUBLIC KEY" not in json.dumps(error)
 
 
 async def test_demo_walkthrough_passes() -> None:
@@ -267,6 +299,47 @@ async def test_reload_command_reloads_a_running_gateway(
         async with asyncio.timeout(10):
             while '"msg":"policy reloaded"' not in (await proc.stdout.readline()).decode():
                 pass
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        await proc.stdout.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_rejected_reload_is_a_json_line_and_the_gateway_keeps_serving(
+    tmp_path: Path, devclerk: DevClerk, held_upstream: tuple[Upstream, TestServer]
+) -> None:
+    state, server = held_upstream
+    state.release.set()
+    port, admin = free_port(), free_port()
+    proc = await run_gateway(tmp_path, devclerk, server, port, admin, "--shutdown-delay", "0")
+    assert proc.stdout is not None
+    try:
+        await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
+        policy = tmp_path / "routes.yaml"
+        policy.write_text(policy.read_text() + "  - {path: /x, access: maybe}\n")
+        proc.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the gateway exited"
+                entry = json.loads(line)  # every line, JSON
+                if entry["msg"].startswith("policy reload rejected"):
+                    break
+        assert entry["level"] == "error"
+        assert any("unknown access 'maybe'" in p for p in entry["problems"])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{LOOPBACK}:{port}/public/x") as r:
+                assert r.status == 200  # the running policy stayed
+            async with http.get(f"http://{LOOPBACK}:{admin}/metrics") as r:
+                # (the file watcher may have seen the edit too: one or two rejections)
+                assert re.search(
+                    r'^clerk_gateway_policy_reloads_total\{result="failure"\} [12]\.0$',
+                    await r.text(),
+                    re.MULTILINE,
+                )
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         await proc.stdout.read()

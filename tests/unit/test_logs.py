@@ -21,6 +21,7 @@ from gateway.accesslog import (
     LineWriter,
 )
 from gateway.logs import JsonFormatter, WriterHandler, configure
+from gateway.server import _run_logged
 
 TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -160,3 +161,24 @@ def test_remembered_client_values_stay_bounded() -> None:
         access_line(access, user_agent=b"agent/%d" % i)
     assert len(remembered) == STRINGS_KEPT
     access.flush()
+
+
+def test_a_crash_outside_a_request_is_a_json_line_with_its_traceback() -> None:
+    """What asyncio.run would print as text: one JSON line, exit status 1."""
+
+    async def broken() -> int:
+        raise RuntimeError("a bug at start-up")
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    handler = WriterHandler(LineWriter(stream))
+    handler.setFormatter(JsonFormatter())
+    root.handlers[:] = [handler]
+    try:
+        assert _run_logged(broken()) == 1
+    finally:
+        root.handlers[:], root.level = before
+    (entry,) = entries(stream)
+    assert (entry["level"], entry["msg"], entry["error"]) == ("critical", "crashed", "RuntimeError")
+    assert "a bug at start-up" in entry["traceback"]
