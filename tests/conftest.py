@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.devclerk import DevClerk, SigningKey, new_rsa_key
+from tests.scrape import Scrape, scrape_after_traffic
 
 _POOL: list[rsa.RSAPrivateKey] = []
 
@@ -45,3 +46,9 @@ def devclerk() -> DevClerk:
 @pytest.fixture
 def spare_keys() -> list[rsa.RSAPrivateKey]:
     return rsa_keys(3)[1:]
+
+
+@pytest.fixture(scope="session")
+def metrics_scrape(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
+    """A real `/metrics` scrape of a gateway after traffic of every kind (tests/scrape.py)."""
+    return scrape_after_traffic(tmp_path_factory.mktemp("scrape"))

@@ -16,40 +16,13 @@ from typing import Any
 import pytest
 
 from gateway.decision import Reason
+from tests.scrape import Scrape
 from tests.test_helm import CHART, Doc, kinds, named, render, values
 
-# What the gateway's /metrics exposes, by family, with each family's labels. Histograms are
-# listed once; their _bucket/_sum/_count series resolve to the family.
-# The main branch replaces this list by a real `/metrics` scrape of a running gateway (issue
-# 15 item 5); until then it is the contract the dashboard and the alerts are written against.
-EXPECTED_METRICS: dict[str, frozenset[str]] = {
-    "clerk_gateway_requests_total": frozenset({"route", "access", "decision", "reason", "status"}),
-    "clerk_gateway_request_duration_seconds": frozenset({"route", "le"}),
-    "clerk_gateway_upstream_duration_seconds": frozenset({"upstream", "le"}),
-    "clerk_gateway_upstream_errors_total": frozenset({"upstream", "kind"}),
-    "clerk_gateway_requests_in_flight": frozenset(),
-    "clerk_gateway_jwks_fetches_total": frozenset({"result"}),
-    "clerk_gateway_jwks_keys": frozenset(),
-    "clerk_gateway_jwks_ready": frozenset(),
-    "clerk_gateway_jwks_age_seconds": frozenset(),
-    "clerk_gateway_policy_reloads_total": frozenset({"result"}),
-    "clerk_gateway_policy_last_reload_success_timestamp_seconds": frozenset(),
-    "clerk_gateway_policy_info": frozenset({"digest"}),
-    "clerk_gateway_build_info": frozenset({"version", "python"}),
-    "clerk_gateway_webhooks_total": frozenset({"outcome", "event_type"}),
-    "clerk_gateway_handshakes_total": frozenset({"result"}),
-    "process_resident_memory_bytes": frozenset(),
-    "process_virtual_memory_bytes": frozenset(),
-    "process_cpu_seconds_total": frozenset(),
-    "process_open_fds": frozenset(),
-    "process_max_fds": frozenset(),
-    "process_start_time_seconds": frozenset(),
-    "python_gc_objects_collected_total": frozenset({"generation"}),
-    "python_gc_objects_uncollectable_total": frozenset({"generation"}),
-    "python_gc_collections_total": frozenset({"generation"}),
-    "python_info": frozenset({"implementation", "major", "minor", "patchlevel", "version"}),
-}
-HISTOGRAMS = {"clerk_gateway_request_duration_seconds", "clerk_gateway_upstream_duration_seconds"}
+# What the gateway exports is never listed here: every check below runs against a real
+# `/metrics` scrape of a running gateway after traffic of every kind (the `metrics_scrape`
+# fixture, tests/scrape.py). A metric the dashboard or an alert names and no scrape shows
+# (renamed, never emitted, only a HELP line) fails.
 # Added by Prometheus (job, instance) and the Prometheus Operator's ServiceMonitor.
 TARGET_LABELS = frozenset(
     {"namespace", "job", "instance", "pod", "service", "container", "endpoint"}
@@ -134,29 +107,19 @@ class Expr:
                 self.metrics.add(token)
         self.metrics |= {name for name, _ in self.selectors}
 
-    def families(self) -> dict[str, str | None]:
-        return {name: family(name) for name in self.metrics}
+    def families(self, exported: Scrape) -> dict[str, str | None]:
+        return {name: exported.family(name) for name in self.metrics}
 
-    def known_labels(self) -> frozenset[str]:
+    def known_labels(self, exported: Scrape) -> frozenset[str]:
         labels = set(TARGET_LABELS)
-        for fam in self.families().values():
+        for fam in self.families(exported).values():
             if fam is not None:
-                labels |= EXPECTED_METRICS[fam]
+                labels |= exported.series[fam]
         return frozenset(labels)
 
-    def output_labels(self) -> set[str]:
+    def output_labels(self, exported: Scrape) -> set[str]:
         """The labels of the result: the outermost aggregation's `by` (written first here)."""
-        return set(self.grouping[0]) if self.grouping else set(self.known_labels())
-
-
-def family(name: str) -> str | None:
-    if name in EXPECTED_METRICS:
-        return name
-    for suffix in ("_bucket", "_sum", "_count"):
-        base = name.removesuffix(suffix)
-        if base != name and base in HISTOGRAMS:
-            return base
-    return None
+        return set(self.grouping[0]) if self.grouping else set(self.known_labels(exported))
 
 
 def balanced(text: str) -> bool:
@@ -170,18 +133,18 @@ def balanced(text: str) -> bool:
     return not stack
 
 
-def problems(expr: Expr) -> list[str]:
+def problems(expr: Expr, exported: Scrape) -> list[str]:
     found = list(expr.problems)
-    for name, fam in expr.families().items():
+    for name, fam in expr.families(exported).items():
         if fam is None:
             found.append(f"unknown metric {name}")
     unknown_functions = expr.functions - FUNCTIONS - {"label_values"}
     found += [f"unknown function {f}" for f in sorted(unknown_functions)]
     for name, matchers in expr.selectors:
-        fam = family(name)
+        fam = exported.family(name)
         if fam is None:
             continue
-        allowed = EXPECTED_METRICS[fam] | TARGET_LABELS
+        allowed = exported.series[fam] | TARGET_LABELS
         for label, op, value in matchers:
             if label not in allowed:
                 found.append(f"{name} has no label {label}")
@@ -189,9 +152,10 @@ def problems(expr: Expr) -> list[str]:
             if wanted:
                 given = value.split("|") if op in ("=~", "!~") else [value]
                 found += [f"{label}={v!r} is never emitted" for v in given if v not in wanted]
+    known = expr.known_labels(exported)
     for group in expr.grouping:
-        found += [f"grouping by unknown label {g}" for g in group if g not in expr.known_labels()]
-    found += [f"unknown label {x}" for x in expr.labels_printed - expr.known_labels()]
+        found += [f"grouping by unknown label {g}" for g in group if g not in known]
+    found += [f"unknown label {x}" for x in expr.labels_printed - known]
     return found
 
 
@@ -251,7 +215,7 @@ def legend_labels(legend: str) -> set[str]:
 # ---- the checker checks ----------------------------------------------------------------------
 
 
-def test_the_checker_sees_metrics_labels_and_malformed_expressions() -> None:
+def test_the_checker_sees_metrics_labels_and_malformed_expressions(metrics_scrape: Scrape) -> None:
     expr = Expr(
         'sum by (pod) (rate(clerk_gateway_requests_total{job="x",decision=~"allow|deny"}[5m]))'
         " / ignoring(le) scalar(process_open_fds) > 0.5"
@@ -259,53 +223,85 @@ def test_the_checker_sees_metrics_labels_and_malformed_expressions() -> None:
     assert expr.metrics == {"clerk_gateway_requests_total", "process_open_fds"}
     assert expr.functions == {"sum", "rate", "scalar"}
     assert expr.grouping == [["pod"], ["le"]]
-    assert problems(expr) == ["grouping by unknown label le"]
+    assert problems(expr, metrics_scrape) == ["grouping by unknown label le"]
     bad = Expr('sum(rate(clerk_gateway_request_total{rout="x",decision="allowed"}[5m])')
-    assert problems(bad) == [
+    assert problems(bad, metrics_scrape) == [
         "unbalanced brackets",
         "unknown metric clerk_gateway_request_total",
     ]
     assert problems(
-        Expr('rate(clerk_gateway_requests_total{rout="x",decision="allowed"}[1m])')
+        Expr('rate(clerk_gateway_requests_total{rout="x",decision="allowed"}[1m])'), metrics_scrape
     ) == [
         "clerk_gateway_requests_total has no label rout",
         "decision='allowed' is never emitted",
     ]
     assert (
-        problems(Expr("histogram_quantile(0.9, clerk_gateway_upstream_duration_seconds_bucket)"))
+        problems(
+            Expr("histogram_quantile(0.9, clerk_gateway_upstream_duration_seconds_bucket)"),
+            metrics_scrape,
+        )
         == []
     )
-    assert problems(Expr("clerk_gateway_requests_in_flight_bucket")) == [
+    assert problems(Expr("clerk_gateway_requests_in_flight_bucket"), metrics_scrape) == [
         "unknown metric clerk_gateway_requests_in_flight_bucket"
     ]
-    assert problems(Expr("label_values(clerk_gateway_build_info, nmspace)")) == [
+    assert problems(Expr("label_values(clerk_gateway_build_info, nmspace)"), metrics_scrape) == [
         "unknown label nmspace"
     ]
-    assert problems(Expr('{job="x"}')) == ['selector without a metric name: {job="x"}']
-    assert problems(Expr("rate(x[5m]))")) != []
-    assert problems(Expr("quantile_over_time(0.5, process_open_fds[5m])")) == [
+    assert problems(Expr('{job="x"}'), metrics_scrape) == [
+        'selector without a metric name: {job="x"}'
+    ]
+    assert problems(Expr("rate(x[5m]))"), metrics_scrape) != []
+    assert problems(Expr("quantile_over_time(0.5, process_open_fds[5m])"), metrics_scrape) == [
         "unknown function quantile_over_time"
     ]
+
+
+def test_the_scrape_has_what_an_operator_expects_and_no_created_series(
+    metrics_scrape: Scrape,
+) -> None:
+    """Issue 15's list, read from the real scrape the checks above run against."""
+    series = metrics_scrape.series
+    assert "_created" not in metrics_scrape.text  # no family carries a creation timestamp
+    assert series["clerk_gateway_build_info"] == {"version", "python"}
+    assert series["clerk_gateway_policy_info"] == {"digest"}
+    assert "clerk_gateway_policy_last_reload_success_timestamp_seconds" in series
+    assert "clerk_gateway_upstream_duration_seconds" in metrics_scrape.histograms
+    assert {"upstream", "le"} <= series["clerk_gateway_upstream_duration_seconds"]
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= set(
+        series
+    )
+    seen: dict[str, set[str]] = {}
+    for name, labels, _ in metrics_scrape.samples:
+        for label, value in labels.items():
+            seen.setdefault(f"{name}:{label}", set()).add(value)
+    # the label values the checks accept are ones the gateway emits
+    assert seen["clerk_gateway_requests_total:decision"] == KNOWN_VALUES["decision"]
+    assert "" in seen["clerk_gateway_requests_total:reason"]  # allowed: reason=""
+    for fam, results in RESULT_VALUES.items():
+        assert seen[f"{fam}:result"] == results
 
 
 # ---- dashboard -------------------------------------------------------------------------------
 
 
-def test_every_dashboard_query_uses_exported_metrics_and_their_labels() -> None:
+def test_every_dashboard_query_uses_exported_metrics_and_their_labels(
+    metrics_scrape: Scrape,
+) -> None:
     queries = dashboard_queries()
     assert len(queries) > 25
     found = []
     for where, expr, legend in queries:
-        found += [f"{where}: {p}" for p in problems(expr)]
-        unknown = legend_labels(legend) - expr.output_labels()
+        found += [f"{where}: {p}" for p in problems(expr, metrics_scrape)]
+        unknown = legend_labels(legend) - expr.output_labels(metrics_scrape)
         if unknown:
             found.append(f"{where}: legend prints {sorted(unknown)}, not in the result")
     assert found == []
 
 
-def test_the_dashboard_answers_an_operators_questions() -> None:
+def test_the_dashboard_answers_an_operators_questions(metrics_scrape: Scrape) -> None:
     queries = dashboard_queries()
-    used = {fam for _, expr, _ in queries for fam in expr.families().values()}
+    used = {fam for _, expr, _ in queries for fam in expr.families(metrics_scrape).values()}
     assert used >= {
         "clerk_gateway_requests_total",
         "clerk_gateway_request_duration_seconds",
@@ -387,12 +383,16 @@ ALERTS = {
 RULE_KEYS = {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
 
 
-def test_every_alert_uses_exported_metrics_and_their_labels() -> None:
-    found = [f"{where}: {p}" for where, expr, _ in alert_queries() for p in problems(expr)]
+def test_every_alert_uses_exported_metrics_and_their_labels(metrics_scrape: Scrape) -> None:
+    found = [
+        f"{where}: {p}"
+        for where, expr, _ in alert_queries()
+        for p in problems(expr, metrics_scrape)
+    ]
     assert found == []
 
 
-def test_alerts_are_complete_prometheus_rules() -> None:
+def test_alerts_are_complete_prometheus_rules(metrics_scrape: Scrape) -> None:
     every = rules()
     assert {r["alert"] for r in every} == ALERTS
     for rule in every:
@@ -405,7 +405,7 @@ def test_alerts_are_complete_prometheus_rules() -> None:
         # Prometheus's own templates reach Prometheus, and print only labels the result has.
         printed = set(re.findall(r"\$labels\.(\w+)", rule["annotations"]["summary"]))
         assert "{{" in rule["annotations"]["summary"], rule["alert"]
-        assert printed <= Expr(rule["expr"]).output_labels(), rule["alert"]
+        assert printed <= Expr(rule["expr"]).output_labels(metrics_scrape), rule["alert"]
 
 
 def test_alerts_pick_this_releases_series_and_take_thresholds_from_values() -> None:
@@ -447,7 +447,9 @@ def test_alerts_can_be_left_out() -> None:
 
 
 @pytest.mark.parametrize("source", ["dashboard", "alerts"])
-def test_webhook_and_decision_filters_use_real_reason_codes(source: str) -> None:
+def test_webhook_and_decision_filters_use_real_reason_codes(
+    source: str, metrics_scrape: Scrape
+) -> None:
     queries = dashboard_queries() if source == "dashboard" else alert_queries()
     filtered = [
         (label, value)
@@ -457,4 +459,6 @@ def test_webhook_and_decision_filters_use_real_reason_codes(source: str) -> None
         if label in {"decision", "outcome", "result"}
     ]
     assert filtered  # the check below has something to check
-    assert [p for _, expr, _ in queries for p in problems(expr) if "never emitted" in p] == []
+    assert [
+        p for _, expr, _ in queries for p in problems(expr, metrics_scrape) if "never emitted" in p
+    ] == []
