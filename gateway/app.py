@@ -58,7 +58,7 @@ from gateway.config import load_policy
 from gateway.decide import STATE_CHANGING, Located, Outcome, cross_site, decide
 from gateway.decision import Access, Decision, Principal, Reason
 from gateway.forwardauth import Original, allowed, for_nginx, original_request
-from gateway.headers import client_address, replace_cookie, upstream_head
+from gateway.headers import client_address, replace_cookie, requested_host, upstream_head
 from gateway.http1 import Continuation, Exchange
 from gateway.identity import header_block, identity_values
 from gateway.metrics import Metrics
@@ -805,9 +805,10 @@ class Gateway:
         if ex.forwarding:
             self.metrics.in_flight -= 1
         note = ex.note
-        client = ex.conn.client_ip
-        if ex.forwarded is not None:  # a trusted proxy's: the client is in X-Forwarded-For
+        client, host = ex.conn.client_ip, ex.host
+        if ex.forwarded is not None:  # a trusted proxy's: the client is in X-Forwarded-*
             client = client_address(ex.forwarded, client, self.runtime.trust)
+            host = requested_host(ex.forwarded, host)
         original: Original | None = ex.original  # forward-auth: the request decided
         self.access_log.request(
             ex.method.decode("latin-1"),
@@ -822,7 +823,7 @@ class Gateway:
             ex.upstream_status,
             ex.upstream_s,
             client,
-            ex.host if original is None else original.host,
+            host if original is None else original.host,
             ex.user_agent,
             ex.request_id,
             ex.traceparent,

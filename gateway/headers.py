@@ -297,6 +297,15 @@ def forwarded_lines(
     return forwarded_for, scheme, host
 
 
+def requested_host(forwarded: list[tuple[int, bytes]], host: bytes) -> bytes:
+    """The host the client asked for, for the log: a trusted proxy's first X-Forwarded-Host
+    (as the redirect URLs read it), else the Host received."""
+    for action, value in forwarded:
+        if action == X_FORWARDED_HOST:
+            return value
+    return host
+
+
 def client_address(
     forwarded: list[tuple[int, bytes]], peer: str, trusted: Callable[[str], bool]
 ) -> str:

@@ -124,6 +124,7 @@ async def test_a_trusted_proxys_request_id_and_client_address_are_believed(gw: R
             headers={
                 "X-Request-Id": "ingress-7f3a9c",
                 "X-Forwarded-For": "198.51.100.1, 203.0.113.9",  # the client wrote the first
+                "X-Forwarded-Host": "app.example.com",
             },
         )
         bad = await gw.get("/public/y", headers={"X-Request-Id": "has a space"})
@@ -132,14 +133,20 @@ async def test_a_trusted_proxys_request_id_and_client_address_are_believed(gw: R
     assert bad.headers["X-Request-Id"] != "has a space"
     first, second = lines
     assert (first["request_id"], first["client"]) == ("ingress-7f3a9c", "203.0.113.9")
+    assert first["host"] == "app.example.com"  # the host the client asked the proxy for
     assert second["client"] == LOOPBACK  # no X-Forwarded-For: the proxy itself
+    assert second["host"] == f"{LOOPBACK}:{gw.port}"
     assert second["request_id"] == bad.headers["X-Request-Id"]
 
 
 async def test_an_untrusted_clients_forwarded_for_is_not_the_client(gw: Running) -> None:
     with access_lines(gw) as lines:
-        await gw.get("/public/x", headers={"X-Forwarded-For": "203.0.113.9"})
+        await gw.get(
+            "/public/x",
+            headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "forged.example"},
+        )
     assert lines[0]["client"] == LOOPBACK
+    assert lines[0]["host"] == f"{LOOPBACK}:{gw.port}"
 
 
 async def test_a_valid_traceparent_is_continued_an_invalid_one_replaced(gw: Running) -> None:
