@@ -122,19 +122,19 @@ class Strings:
     decoding and checking them. Bounded in count and in size: a client sending thousands
     of distinct 16 KiB User-Agents must not make the process hold them."""
 
-    __slots__ = ("_json",)
+    __slots__ = ("known",)
 
     def __init__(self) -> None:
-        self._json: dict[bytes | str | None, str] = {None: "null"}
+        self.known: dict[bytes | str | None, str] = {None: "null"}
 
     def json(self, value: bytes | str | None) -> str:
-        found = self._json.get(value)
+        found = self.known.get(value)
         if found is None:
             assert value is not None  # None is in the table from the start
             text = value[:MAX_USER_AGENT].decode("latin-1") if isinstance(value, bytes) else value
             found = quoted(text[:MAX_USER_AGENT])
-            if len(self._json) < STRINGS_KEPT and len(value) <= KEPT_LENGTH:
-                self._json[value] = found
+            if len(self.known) < STRINGS_KEPT and len(value) <= KEPT_LENGTH:
+                self.known[value] = found
         return found
 
 
@@ -210,7 +210,12 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        # client-sent values in JSON form: a dict hit each, the method only on a miss
         strings = self._strings
+        known = strings.known
+        host_json = known.get(host) or strings.json(host)
+        client_json = known.get(client) or strings.json(client)
+        agent_json = known.get(user_agent) or strings.json(user_agent)
         trace = f'"{traceparent[3:35].decode("ascii")}"' if traceparent else "null"
         if reason is None and upstream_s is not None and path is not None:
             # the common line as an f-string: compiled once, no format parsing per call
@@ -218,11 +223,11 @@ class AccessLog:
             self.writer.later(
                 f'{{"ts":"{self._stamp}.{int((now - second) * 1000):03d}Z","level":"info",'
                 f'"logger":"clerk_gateway.access","msg":"request","method":"{method}",'
-                f'"host":{strings.json(host)},"path":"{path}","route":{route},'
+                f'"host":{host_json},"path":"{path}","route":{route},'
                 f'"access":"{access}","decision":"{decision}","status":{status},'
                 f'"reason":null,"user_id":{user},"duration_ms":{duration_s * 1000:.3f},'
                 f'"upstream_status":{upstream_status},"upstream_ms":{upstream_s * 1000:.3f},'
-                f'"client":{strings.json(client)},"user_agent":{strings.json(user_agent)},'
+                f'"client":{client_json},"user_agent":{agent_json},'
                 f'"request_id":"{request_id.decode("ascii")}","trace_id":{trace}{tail}}}'
             )
             return
@@ -232,7 +237,7 @@ class AccessLog:
                 self._stamp,
                 int((now - second) * 1000),
                 method,
-                strings.json(host),
+                host_json,
                 "null" if path is None else f'"{path}"',
                 route,
                 access,
@@ -243,8 +248,8 @@ class AccessLog:
                 duration_s * 1000,
                 "null" if upstream_status is None else upstream_status,
                 "null" if upstream_s is None else f"{upstream_s * 1000:.3f}",
-                strings.json(client),
-                strings.json(user_agent),
+                client_json,
+                agent_json,
                 request_id.decode("ascii"),
                 trace,
                 tail,

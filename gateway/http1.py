@@ -68,8 +68,8 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
 
 def with_request_id(response: bytes, request_id: bytes) -> bytes:
     """`response` with an `X-Request-Id` header after its status line."""
-    at = response.index(b"\r\n") + 2
-    return b"%sX-Request-Id: %s\r\n%s" % (response[:at], request_id, response[at:])
+    status, _, rest = response.partition(b"\r\n")
+    return b"".join((status, b"\r\nX-Request-Id: ", request_id, b"\r\n", rest))
 
 
 class Handler(Protocol):

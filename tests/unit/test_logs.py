@@ -155,7 +155,7 @@ def test_remembered_client_values_stay_bounded() -> None:
     access = AccessLog(LineWriter(io.StringIO()))
     for i in range(100):
         access_line(access, user_agent=b"%d" % i + b"x" * 4000)
-    remembered = access._strings._json
+    remembered = access._strings.known
     assert max(len(k or b"") for k in remembered) <= KEPT_LENGTH
     for i in range(STRINGS_KEPT + 100):
         access_line(access, user_agent=b"agent/%d" % i)
