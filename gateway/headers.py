@@ -16,7 +16,7 @@ lookup. Kept headers are forwarded byte for byte; the forwarded head is one join
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 # What to do with a request header (the cached verdict per name).
@@ -275,6 +275,26 @@ def forwarded_lines(
         if chain:
             forwarded_for = b", ".join([*chain, client_ip])
     return forwarded_for, scheme, host
+
+
+def client_address(
+    forwarded: list[tuple[int, bytes]], peer: str, trusted: Callable[[str], bool]
+) -> str:
+    """The client's address: walking a trusted proxy's X-Forwarded-For from our side, the
+    first hop that is not itself a trusted proxy. Never the leftmost hop blindly: a client
+    writes that one itself, and proxies append to it."""
+    values = [value for action, value in forwarded if action == X_FORWARDED_FOR]
+    if not values:
+        return peer
+    farthest = peer
+    for hop in reversed(b",".join(values).split(b",")):
+        address = hop.strip().decode("latin-1")
+        if not address:
+            continue
+        if not trusted(address):
+            return address
+        farthest = address
+    return farthest  # every hop a trusted proxy: the one farthest away
 
 
 def upstream_head(

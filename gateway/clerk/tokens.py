@@ -314,8 +314,10 @@ _ISSUER_SCHEME = re.compile(r"https?://", re.IGNORECASE)
 
 
 def _iat(claims: Mapping[str, Any] | None) -> float:
+    """An unverified `iat` to compare (never converted: a planted cookie's 10**400 is an
+    int no float can hold, and Python compares it exactly as it is)."""
     iat = claims.get("iat") if claims is not None else None
-    return float(iat) if _number(iat) else 0.0
+    return iat if _number(iat) else 0.0
 
 
 def peek_claims(token: str) -> Mapping[str, Any] | None:
