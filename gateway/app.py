@@ -65,6 +65,7 @@ from gateway.metrics import Metrics
 from gateway.model import FORWARD_AUTH, ClerkSettings, Upstream
 from gateway.profiles import NOTHING, Profiles
 from gateway.responses import Denial, denial, is_navigation, render, status_of
+from gateway.routes import host_without_port
 from gateway.runtime import DEFAULT_LABEL, Forwarding, Runtime
 from gateway.upstream import Pool, UpstreamFailure
 from gateway.webhooks import DeliveryRecord, event_type, read_headers
@@ -689,9 +690,10 @@ class Gateway:
         if not decision.allowed:
             self._refuse(ex, rt, located, decision, token_given, request, extra)
             return None
-        # the assertion's audience: the app the ingress forwards to, by its host
+        # the assertion's audience: the app the ingress forwards to, by its host name as
+        # routes match it (lower-case, no port: what the client typed must not change it)
         original: Original = ex.original
-        audience = original.host.decode("latin-1")
+        audience = host_without_port(original.host.decode("latin-1"))
         identity = self._full_identity(rt, outcome, decision, audience, False)
         if identity is None:
             return partial(self._after_profile, ex, rt, outcome, decision, audience, None)
