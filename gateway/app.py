@@ -35,9 +35,9 @@ from gateway.browser import (
 )
 from gateway.clerk.backend import TIMEOUT_S, BackendAPI
 from gateway.clerk.handshake import (
+    ClerkQuery,
     Cookies,
     Handshake,
-    Instance,
     Navigation,
     Resolve,
     SignedOut,
@@ -49,7 +49,7 @@ from gateway.clerk.handshake import (
     directives,
     handshake_url,
     redirect_count_cookie,
-    signed_out,
+    settled,
 )
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
 from gateway.clerk.tokens import decode, token_from_authorization, verify_signed
@@ -65,6 +65,7 @@ from gateway.metrics import Metrics
 from gateway.model import FORWARD_AUTH, ClerkSettings, Upstream
 from gateway.profiles import NOTHING, Profiles
 from gateway.responses import Denial, denial, is_navigation, render, status_of
+from gateway.routes import host_without_port
 from gateway.runtime import DEFAULT_LABEL, Forwarding, Runtime
 from gateway.upstream import Pool, UpstreamFailure
 from gateway.webhooks import DeliveryRecord, event_type, read_headers
@@ -111,6 +112,7 @@ class Gateway:
         self.on_reload: list[Callable[[Runtime], None]] = []
         self._retired: set[BackendAPI] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._azp_warned_until = 0.0
 
     @property
     def pool(self) -> Pool:
@@ -407,32 +409,53 @@ class Gateway:
     def _browser(
         self, ex: Exchange, rt: Runtime, located: Located, then: Decided
     ) -> Continuation | None:
-        """A request without an Authorization token, by Clerk's cookie rules: a handshake
-        coming back is resolved, one that is needed is started, and a session cookie is
-        verified (cached, else with held keys, else in a task)."""
-        instance = rt.instance
-        assert instance is not None
+        """A request without an Authorization token, by Clerk's cookie rules."""
         cookies = rt.cookies(ex.cookie)
         ex.browser = cookies
-        request = navigation(ex)
         forwarding: Forwarding = located.engine
-        step = before_verification(cookies, forwarding.query, request, instance, rt.verifier.peek)
+        return self._cookie_path(ex, rt, located, cookies, forwarding.query, navigation(ex), then)
+
+    def _cookie_path(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        cookies: Cookies,
+        query: ClerkQuery,
+        request: Navigation,
+        then: Decided,
+        extra: tuple[bytes, ...] = (),
+    ) -> Continuation | None:
+        """Clerk's cookie path: a handshake coming back is resolved, one that is needed is
+        started, and a session cookie is verified (cached, else with held keys, else in a
+        task). `extra`: headers for whatever the gateway answers itself (cookies to clear)."""
+        instance = rt.instance
+        assert instance is not None
+        step = before_verification(cookies, query, request, instance, rt.verifier.peek)
         if isinstance(step, Resolve):
-            return partial(self._resolve, ex, rt, located, step, cookies, request, then)
+            return partial(self._resolve, ex, rt, located, step, cookies, query, request, then)
         cross = cookies.token is not None and _cross_site(ex, rt, request.method, request.url)
         if not isinstance(step, Verify):
-            return then(ex, rt, located, step, False, cross, request)
+            return then(ex, rt, located, step, False, cross, request, extra)
         verifier = rt.verifier
         outcome = verifier.cached(step.token)
         if outcome is None:
             outcome = verifier.verify_now(step.token)
             if outcome is None:
                 return partial(
-                    self._verify_browser, ex, rt, located, step.token, cookies, request, cross, then
+                    self._verify_browser,
+                    ex,
+                    rt,
+                    located,
+                    step.token,
+                    cookies,
+                    request,
+                    cross,
+                    then,
+                    extra,
                 )
-        return then(
-            ex, rt, located, self._after(outcome, cookies, request, instance), True, cross, request
-        )
+        after = self._after(rt, step.token, outcome, cookies, request)
+        return then(ex, rt, located, after, True, cross, request, extra)
 
     async def _verify_browser(
         self,
@@ -444,24 +467,51 @@ class Gateway:
         request: Navigation,
         cross: bool,
         then: Decided,
+        extra: tuple[bytes, ...],
     ) -> None:
         outcome = await rt.verifier.verify(token)
-        assert rt.instance is not None
-        after = self._after(outcome, cookies, request, rt.instance)
-        await _finish(then(ex, rt, located, after, True, cross, request))
+        after = self._after(rt, token, outcome, cookies, request)
+        await _finish(then(ex, rt, located, after, True, cross, request, extra))
 
-    @staticmethod
     def _after(
-        outcome: Verified | Reason, cookies: Cookies, request: Navigation, instance: Instance
+        self,
+        rt: Runtime,
+        token: str,
+        outcome: Verified | Reason,
+        cookies: Cookies,
+        request: Navigation,
     ) -> Verified | Handshake | SignedOut:
         """The verification outcome in Clerk's terms; a session stays a Verified entry (its
         identity block and decision are remembered on it)."""
+        instance = rt.instance
+        assert instance is not None
+        if outcome is Reason.TOKEN_INVALID_AUTHORIZED_PARTIES:
+            self._missing_azp(rt, token)
         principal = outcome.principal if isinstance(outcome, Verified) else outcome
         after = after_verification(principal, cookies, request, instance)
         if isinstance(after, Principal):
             assert isinstance(outcome, Verified)
             return outcome
         return after
+
+    def _missing_azp(self, rt: Runtime, token: str) -> None:
+        """A cookie session refused only because its token has no `azp`: say so plainly,
+        once a minute. Clerk's frontend API has minted session tokens without `azp` on
+        some top-level navigations (the handshake's among them), and with
+        `authorized_parties` set every such browser would then be signed out."""
+        claims = rt.verifier.peek(token)
+        if claims is None or "azp" in claims or rt.policy.clerk.allow_missing_azp:
+            return
+        now = time.monotonic()
+        if now < self._azp_warned_until:
+            return
+        self._azp_warned_until = now + 60.0
+        log.warning(
+            "a session cookie's token has no azp claim and was refused by authorized_parties;"
+            " if your signed-in browsers are being signed out, set clerk.allow_missing_azp:"
+            " true (docs/browser-sessions.md)",
+            extra={"reason": Reason.TOKEN_INVALID_AUTHORIZED_PARTIES.value},
+        )
 
     async def _resolve(
         self,
@@ -470,15 +520,20 @@ class Gateway:
         located: Located,
         step: Resolve,
         cookies: Cookies,
+        query: ClerkQuery,
         request: Navigation,
         then: Decided,
     ) -> None:
         """A handshake came back: fetch (nonce) or verify (token) its payload, set Clerk's
         cookies from it and send the browser on to the same URL without the handshake's
-        parameters; a failure is logged, counted and taken as signed out."""
+        parameters. A failure is logged and counted, and the request goes on by the
+        cookies the browser holds, as Clerk's SDK does: never back to the same URL (a
+        nonce cookie we cannot clear would loop), never signing out a valid session."""
         payload: list[Any] | None = None
         if step.nonce is not None:
-            payload = await rt.backend.handshake_payload(step.nonce)
+            peer = ex.conn.client_ip
+            client = peer if ex.forwarded is None else client_address(ex.forwarded, peer, rt.trust)
+            payload = await rt.backend.handshake_payload(step.nonce, client)
         elif step.token is not None:
             payload = await self._handshake_token(rt, step.token)
         clean = clean_url(request.url)
@@ -486,22 +541,18 @@ class Gateway:
         if payload is None:
             self.metrics.count_handshake("failed")
             log.warning(
-                "handshake not resolved; treated as signed out",
+                "handshake not resolved; going on with the cookies the browser holds",
                 extra={"format": "nonce" if step.nonce else "token", "path": ex.path},
             )
-            if located.access in (Access.PROTECTED, Access.ADMIN):
-                failed = signed_out(Reason.HANDSHAKE_FAILED, Reason.SESSION_TOKEN_MISSING)
-                clean_request = replace(request, url=clean)
-                cleared_cookies = set_cookies(cleared)
-                await _finish(
-                    then(ex, rt, located, failed, False, False, clean_request, cleared_cookies)
-                )
-                return
-            self._redirect(ex, clean, Reason.HANDSHAKE_FAILED, set_cookies(cleared))
+            cookies, query = settled(cookies, query)
+            ex.browser = cookies
+            request = replace(request, url=clean)
+            extra = set_cookies(cleared)
+            await _finish(self._cookie_path(ex, rt, located, cookies, query, request, then, extra))
             return
         self.metrics.count_handshake("resolved")
         cookies_out = directives(payload) + cleared
-        self._redirect(ex, clean, None, set_cookies(cookies_out))
+        self._redirect(ex, clean, set_cookies(cookies_out))
 
     async def _handshake_token(self, rt: Runtime, token: str) -> list[Any] | None:
         """A `__clerk_handshake` JWT: the instance's keys, no time checks (as Clerk)."""
@@ -517,12 +568,11 @@ class Gateway:
         payload = decoded.claims.get("handshake")
         return payload if isinstance(payload, list) else None
 
-    def _redirect(
-        self, ex: Exchange, location: str, reason: Reason | None, extra: tuple[bytes, ...]
-    ) -> None:
-        """307 to `location` (the clean URL after a handshake), with cookies to set."""
-        self._answer(ex, Denial(307, reason or Reason.DEV_BROWSER_SYNC, location), extra=extra)
-        ex.reason = reason  # a resolved handshake is no denial: no reason in logs or metrics
+    def _redirect(self, ex: Exchange, location: str, extra: tuple[bytes, ...]) -> None:
+        """307 to `location` (the clean URL after a resolved handshake), with its cookies:
+        no denial, so no reason in logs or metrics."""
+        self._answer(ex, Denial(307, Reason.DEV_BROWSER_SYNC, location), extra=extra)
+        ex.reason = None
         ex.decision = "handshake"
 
     def _handshake(
@@ -532,6 +582,7 @@ class Gateway:
         located: Located,
         handshake: Handshake,
         request: Navigation | None,
+        extra: tuple[bytes, ...],
     ) -> None:
         """Send the browser through Clerk's frontend API (or to a dev sync's location)."""
         cookies: Cookies = ex.browser
@@ -544,6 +595,7 @@ class Gateway:
         extra = (
             *auth_headers("handshake", handshake.reason),
             b"Set-Cookie: %s\r\n" % redirect_count_cookie(cookies).encode("ascii"),
+            *extra,
         )
         self.metrics.count_handshake("started")
         self._answer(ex, Denial(307, handshake.reason, location), extra=extra)
@@ -607,8 +659,11 @@ class Gateway:
         if not decision.allowed:
             self._refuse(ex, rt, located, decision, token_given, request, extra)
             return None
-        if ex.browser is not None and ex.browser.forwarded is not None:
-            replace_cookie(ex, ex.browser.forwarded)  # the handshake's cookies stay here
+        cookie = ex.cookie
+        if cookie is not None and b"__clerk_" in cookie:
+            kept = rt.upstream_cookie(cookie)  # the handshake's cookies stay here
+            if kept is not None:
+                replace_cookie(ex, kept)
         forwarding: Forwarding = located.engine
         audience = forwarding.upstream.name if forwarding.upstream is not None else ""
         identity = self._full_identity(rt, outcome, decision, audience, False)
@@ -635,9 +690,10 @@ class Gateway:
         if not decision.allowed:
             self._refuse(ex, rt, located, decision, token_given, request, extra)
             return None
-        # the assertion's audience: the app the ingress forwards to, by its host
+        # the assertion's audience: the app the ingress forwards to, by its host name as
+        # routes match it (lower-case, no port: what the client typed must not change it)
         original: Original = ex.original
-        audience = original.host.decode("latin-1")
+        audience = host_without_port(original.host.decode("latin-1"))
         identity = self._full_identity(rt, outcome, decision, audience, False)
         if identity is None:
             return partial(self._after_profile, ex, rt, outcome, decision, audience, None)
@@ -730,7 +786,7 @@ class Gateway:
         """A denied decision: a handshake, or the denial (with Clerk's signed-out headers
         for a browser session)."""
         if decision.handshake is not None:
-            self._handshake(ex, rt, located, decision.handshake, request)
+            self._handshake(ex, rt, located, decision.handshake, request, extra)
             return
         assert decision.reason is not None
         if decision.auth is not None:
@@ -885,14 +941,14 @@ class Gateway:
             return self._webhook_done(ex, rt, failure, None)
         kind = event_type(body)
         note["webhook_event"] = kind
-        if rt.profiles is not None and kind in _USER_EVENTS:
-            _profile_event(rt.profiles, kind, body)  # verified: the cache may trust it
         deliveries = rt.deliveries
         if deliveries.delivered(headers.id):
             self.metrics.count_webhook(Reason.WEBHOOK_ALREADY_DELIVERED.value, kind)
             return self._deny(ex, rt, Reason.WEBHOOK_ALREADY_DELIVERED)
         if not deliveries.begin(headers.id):
             return self._webhook_done(ex, rt, Reason.WEBHOOK_IN_PROGRESS, kind)
+        if rt.profiles is not None and kind in _USER_EVENTS:
+            _profile_event(rt.profiles, kind, body)  # verified, and new: the cache trusts it
         accepted = False
         try:
             identity = b"X-Clerk-Webhook-Verified: true\r\n"

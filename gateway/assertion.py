@@ -186,5 +186,7 @@ class Signer:
         )
         if len(memo) >= 8:
             memo.clear()  # a token is used with a handful of upstreams at most
-        memo[audience] = (line, now + self.settings.ttl_s / 2)
+        # from the `iat` written (whole seconds), not from now: a reused one keeps at least
+        # half its lifetime, as the docs promise
+        memo[audience] = (line, int(now) + self.settings.ttl_s / 2)
         return line

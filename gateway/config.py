@@ -199,6 +199,33 @@ _MANAGED_HEADERS = frozenset(
         "tracestate",
     ]
 )
+# Names proxies use to describe a request: never an identity header (an ingress sets or
+# rewrites them; forward-auth reads them). The oauth2-proxy convention for identities
+# (X-Forwarded-User, -Email, -Groups, -Preferred-Username) stays allowed:
+# apps written for it read those.
+_REQUEST_FACTS = ("x-forwarded-", "x-original-", "x-real-ip")
+_IDENTITY_CONVENTIONS = (
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+)
+# The identity names the shipped forward-auth configurations copy (and strip).
+_DOCUMENTED_NAMES = frozenset(
+    [
+        "X-Clerk-User-Id",
+        "X-Clerk-Session-Id",
+        "X-Clerk-Role",
+        "X-Clerk-Role-Encoding",
+        "X-Clerk-Org-Id",
+        "X-Clerk-Org-Slug",
+        "X-Clerk-Org-Slug-Encoding",
+        "X-Clerk-Org-Role",
+        "X-Clerk-Org-Role-Encoding",
+        "X-Clerk-Org-Permissions",
+        "X-Clerk-Org-Permissions-Encoding",
+    ]
+)
 _METHODS = frozenset(
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 )
@@ -702,8 +729,17 @@ class _Reader(Reader):
             return False
         # folded as the header rules and CGI-style servers read names: X.Request.Id is
         # X-Request-Id to them
-        if fold(name.encode("latin-1")).decode("latin-1") in _MANAGED_HEADERS:
+        folded = fold(name.encode("latin-1")).decode("latin-1")
+        if folded in _MANAGED_HEADERS:
             self.error(path, f"{name!r} is managed by the gateway; choose another name")
+            return False
+        if folded.startswith(_REQUEST_FACTS) and not folded.startswith(_IDENTITY_CONVENTIONS):
+            self.error(
+                path,
+                f"{name!r} is a name proxies use to describe the request (X-Forwarded-*, "
+                "X-Original-*, X-Real-IP): an ingress may set or rewrite it, and a forward-auth "
+                "check reads it; choose another name",
+            )
             return False
         return True
 
@@ -711,6 +747,19 @@ class _Reader(Reader):
         names = [n.lower().replace("_", "-") for n in policy.identity_names()]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.error("identity_headers", f"header {dup!r} is set from two sources")
+        if self.mode != FORWARD_AUTH:
+            return
+        # the shipped proxy configurations strip X-Clerk-* from clients and copy the
+        # built-in names: any other name is the operator's to add, on both lists
+        others = [n for n in policy.identity_names() if n not in _DOCUMENTED_NAMES]
+        if others:
+            self.warn(
+                "identity_headers",
+                "in forward-auth mode your proxy must copy these identity headers from the "
+                "gateway's answer and strip them from every client request, or a client can "
+                f"forge them: {', '.join(others)} (docs/forward-auth.md, 'Identity headers "
+                "of your own'); the shipped configurations handle only the built-in names",
+            )
 
     def user_profile(self, value: Any, clerk: ClerkSettings) -> ProfileSettings | None:
         if value is None:

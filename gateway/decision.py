@@ -65,7 +65,6 @@ class Reason(enum.StrEnum):
         "session-token-expired-refresh-non-eligible-no-refresh-cookie"
     )
     SESSION_TOKEN_EXPIRED_NOT_REFRESHED = "session-token-expired-refresh-not-attempted"
-    HANDSHAKE_FAILED = "handshake-failed"
     # authorization
     CSRF_ORIGIN_MISMATCH = "csrf-origin-mismatch"
     ROLE_REQUIRED = "role-required"

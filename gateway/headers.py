@@ -309,15 +309,12 @@ def requested_host(forwarded: list[tuple[int, bytes]], host: bytes) -> bytes:
 def client_address(
     forwarded: list[tuple[int, bytes]], peer: str, trusted: Callable[[str], bool]
 ) -> str:
-    """The client's address, for the log: walking a trusted proxy's X-Forwarded-For from
-    our side, the first hop that is not itself a trusted proxy. Never the leftmost hop
-    blindly: a client writes that one itself, and proxies append to it."""
+    """The client's address: walking a trusted proxy's X-Forwarded-For from our side, the
+    first hop that is not itself a trusted proxy. Never the leftmost hop blindly: a client
+    writes that one itself, and proxies append to it."""
     values = [value for action, value in forwarded if action == X_FORWARDED_FOR]
     if not values:
         return peer
-    if len(values) == 1 and b"," not in values[0]:
-        # one hop, the client's or the farthest proxy's: the common case, without a lookup
-        return values[0].strip().decode("latin-1") or peer
     farthest = peer
     for hop in reversed(b",".join(values).split(b",")):
         address = hop.strip().decode("latin-1")

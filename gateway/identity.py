@@ -2,11 +2,13 @@
 (and, when configured, the user's profile), built once per verified token (and policy) and
 kept as the bytes of a header block.
 
-Built-in values (ids, roles, org facts) that are not printable ASCII are never sent: a CR
-or LF would split the header, other bytes confuse parsers, and Clerk's ids are ASCII. A
-value from a configured claim or profile path (a name, an email) may be anything a user
-typed: it is sent percent-encoded (UTF-8, RFC 3986 unreserved characters kept) with a
-`<Name>-Encoding: percent` companion rather than dropped. Absent values send no header.
+A built-in value with a control character is never sent: a CR or LF would split the
+header, and no id, role or slug of Clerk's has one; nor is an id that is not ASCII (Clerk's
+are). A role, org slug, org role or permission that is printable but not ASCII (a role
+someone named "Président") is sent like any value from a
+configured claim or profile path (a name, an email, anything a user typed): percent-encoded
+(UTF-8, RFC 3986 unreserved characters kept) with a `<Name>-Encoding: percent` companion,
+rather than dropped with the ASCII roles beside it. Absent values send no header.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from urllib.parse import quote
 
 from gateway.decision import Principal
 from gateway.headers import safe_value
-from gateway.model import HeaderPath, IdentityHeaders
+from gateway.model import HeaderPath, IdentityHeaders, companion
 
 log = logging.getLogger("clerk_gateway.headers")
 
@@ -43,7 +45,11 @@ def identity_values(
     for name, value in candidates:
         if name is None or value is None:
             continue
-        if not safe_value(value):
+        if safe_value(value):
+            out.append((name, value))
+        elif value.isprintable() and name in identity.encodable:
+            out += ((name, quote(value, safe="")), (companion(name), PERCENT))
+        else:
             # never log the value: it is attacker-influenced and may be huge
             log.warning(
                 "identity header dropped",
@@ -53,8 +59,6 @@ def identity_values(
                     "user_id": principal.user_id,
                 },
             )
-            continue
-        out.append((name, value))
     out.extend(path_values(identity.claims, claims))
     return out
 

@@ -123,20 +123,19 @@ class IdentityHeaders:
     def names(self) -> tuple[str, ...]:
         """Every name the upstream may receive, and so every name stripped from clients
         (a claim header's `-Encoding` companion included)."""
-        return tuple(
-            n
-            for n in (
-                self.user_id,
-                self.session_id,
-                self.role,
-                self.org_id,
-                self.org_slug,
-                self.org_role,
-                self.org_permissions,
-                *(name for c in self.claims for name in (c.name, c.companion)),
-            )
-            if n
+        ids = (self.user_id, self.session_id, self.org_id)
+        return (
+            *(n for n in ids if n),
+            *(name for n in self.encodable for name in (n, companion(n))),
+            *(name for c in self.claims for name in (c.name, c.companion)),
         )
+
+    @property
+    def encodable(self) -> tuple[str, ...]:
+        """The built-in names whose values people choose (roles, slugs, permissions), sent
+        percent-encoded with a companion when not ASCII; ids are Clerk's, and ASCII."""
+        names = (self.role, self.org_slug, self.org_role, self.org_permissions)
+        return tuple(n for n in names if n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +148,12 @@ class HeaderPath:
 
     @property
     def companion(self) -> str:
-        """Sent beside a percent-encoded value, so the upstream knows to decode it."""
-        return f"{self.name}-Encoding"
+        return companion(self.name)
+
+
+def companion(name: str) -> str:
+    """The header sent beside a percent-encoded value, so the upstream knows to decode it."""
+    return f"{name}-Encoding"
 
 
 @dataclass(frozen=True, slots=True)

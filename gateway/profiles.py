@@ -10,7 +10,10 @@ user's first request and keeps the header block it yields per user:
 - a user's first request waits for the lookup at most `lookup_timeout_s`; concurrent first
   requests share one call;
 - `user.created`/`user.updated` webhooks (verified by the gateway) replace the entry from
-  their payload, `user.deleted` drops it: a change reaches the upstream without a call;
+  their payload, `user.deleted` drops it: a change reaches the upstream without a call.
+  Svix delivers out of order and retries late: a user object older (`updated_at`) than the
+  one held never replaces it, and a deleted user stays deleted (a tombstone, for as long as
+  an entry could have lived) whatever arrives after, from a webhook or a fetch in flight;
 - a 429 pauses every lookup until its Retry-After; an outage pauses lookups briefly; a
   failed user is not asked again for a while. None of it ever fails a request: the profile
   headers are then left out, counted and logged.
@@ -36,13 +39,21 @@ FAILED_USER_S = 30.0  # a user whose lookup failed is not asked again for this l
 
 
 class Entry:
-    __slots__ = ("block", "fresh_until", "refreshing", "stale_until")
+    __slots__ = ("block", "fresh_until", "refreshing", "stale_until", "updated_at")
 
-    def __init__(self, block: bytes, now: float, settings: ProfileSettings) -> None:
+    def __init__(
+        self, block: bytes, now: float, settings: ProfileSettings, updated_at: int
+    ) -> None:
         self.block = block
         self.fresh_until = now + settings.ttl_s
         self.stale_until = self.fresh_until + settings.max_stale_s
         self.refreshing = False
+        self.updated_at = updated_at  # Clerk's, in ms: which of two user objects is newer
+
+
+def _updated_at(user: Mapping[str, Any]) -> int:
+    value = user.get("updated_at")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def view(user: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,6 +91,7 @@ class Profiles:
         self.clock = clock
         self._entries: dict[str, Entry] = {}
         self._failed: dict[str, float] = {}
+        self._deleted: dict[str, float] = {}  # tombstones: user id -> until when
         self._paused_until = 0.0
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -104,7 +116,11 @@ class Profiles:
                     self._background(user_id)
                 return entry.block
             del self._entries[user_id]
-        if now < self._paused_until or self._failed.get(user_id, 0.0) > now:
+        if (
+            now < self._paused_until
+            or self._failed.get(user_id, 0.0) > now
+            or self._deleted.get(user_id, 0.0) > now
+        ):
             if not after_lookup:
                 self.count("skipped")
             return NOTHING
@@ -133,7 +149,17 @@ class Profiles:
             self._failed.pop(user_id, None)
 
     def deleted(self, user_id: str) -> None:
+        """A verified `user.deleted`: the entry goes, and nothing brings it back while a
+        token of the user could still be live or an entry fetched before could linger."""
         self._entries.pop(user_id, None)
+        deleted = self._deleted
+        now = self.clock()
+        if len(deleted) >= self.settings.max_users:
+            for stale in [u for u, until in deleted.items() if until <= now]:
+                del deleted[stale]
+            if len(deleted) >= self.settings.max_users:
+                del deleted[next(iter(deleted))]
+        deleted[user_id] = now + self.settings.ttl_s + self.settings.max_stale_s
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -196,9 +222,18 @@ class Profiles:
         )
 
     def _store(self, user_id: str, user: Mapping[str, Any]) -> bytes:
-        block = header_block(path_values(self.settings.headers, view(user)))
+        """Keep the user's block, unless the user was deleted or a newer object is held
+        (then that one's block is what the request gets)."""
+        now = self.clock()
+        if self._deleted.get(user_id, 0.0) > now:
+            return NOTHING
         entries = self._entries
-        if user_id not in entries and len(entries) >= self.settings.max_users:
+        updated_at = _updated_at(user)
+        held = entries.get(user_id)
+        if held is not None and held.updated_at > updated_at:
+            return held.block
+        block = header_block(path_values(self.settings.headers, view(user)))
+        if held is None and len(entries) >= self.settings.max_users:
             del entries[next(iter(entries))]  # the oldest entry makes room
-        entries[user_id] = Entry(block, self.clock(), self.settings)
+        entries[user_id] = Entry(block, now, self.settings, updated_at)
         return block

@@ -211,6 +211,15 @@ class Route:
         return ", ".join(p.source for p in self.patterns)
 
 
+# RFC 9110 7.2 / RFC 3986 3.2.2: uri-host [":" port]; an IP literal in brackets, else a
+# reg-name's characters. RFC 9112 3.2: anything else in Host is a 400.
+_AUTHORITY = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(?::[0-9]*)?")
+
+
+def valid_authority(host: str) -> bool:
+    return _AUTHORITY.fullmatch(host) is not None
+
+
 def host_without_port(host: str) -> str:
     host = host.strip().lower()
     if host.startswith("["):

@@ -8,10 +8,20 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections.abc import Callable, ItemsView
+from typing import Generic, TypeVar
 
 from gateway.assertion import Signer
 from gateway.clerk.backend import BackendAPI
-from gateway.clerk.handshake import NO_COOKIES, ClerkQuery, Cookies, Instance, instance_of
+from gateway.clerk.handshake import (
+    NO_COOKIES,
+    ClerkQuery,
+    Cookies,
+    Instance,
+    instance_of,
+    without_handshake,
+    without_handshake_cookies,
+)
 from gateway.clerk.jwks import KeyCache
 from gateway.clerk.tokens import Extracted, extract
 from gateway.clerk.verifier import SessionVerifier
@@ -20,12 +30,62 @@ from gateway.decision import Reason
 from gateway.headers import HeaderRules
 from gateway.model import Policy
 from gateway.profiles import Profiles
-from gateway.routes import Route, host_without_port
+from gateway.routes import Route, host_without_port, valid_authority
 from gateway.upstream import authority
 from gateway.webhooks import DeliveryRecord, secret_bytes
 
-CACHED = 4096  # targets and Cookie headers remembered per policy
+CACHED = 4096  # targets and Cookie headers remembered per policy, at most
+CACHED_BYTES = 4 * 2**20  # and what their keys weigh, at most, per memo
+BIGGEST_KEY = 16_384  # a key beyond this is computed each time, never remembered
 DEFAULT_LABEL = ("default", '"default"')
+_UNCHANGED = bytes(bytearray(b"unchanged"))  # a fresh object, compared by identity
+
+
+K = TypeVar("K", bytes, tuple[bytes, bytes, bytes])
+V = TypeVar("V")
+
+
+class Memo(Generic[K, V]):
+    """A dict of what was computed per request fact (a target, a Cookie header), bounded in
+    entries and in the bytes of its keys (the values are derived from them and weigh about
+    as much): anonymous clients choose those keys, up to the header limits, and must not
+    grow a worker by hundreds of megabytes. The oldest entries go first, so a flood of junk
+    passes through and real users' headers are remembered again after it."""
+
+    __slots__ = ("_bytes", "_entries", "get")
+
+    def __init__(self) -> None:
+        self._entries: dict[K, V] = {}
+        self._bytes = 0
+        self.get: Callable[[K], V | None] = self._entries.get  # the hit path: one C call
+
+    @staticmethod
+    def weight(key: K) -> int:
+        if isinstance(key, bytes):
+            return len(key) + 64
+        return len(key[0]) + len(key[1]) + len(key[2]) + 64
+
+    def put(self, key: K, value: V) -> None:
+        weight = self.weight(key)
+        if weight > BIGGEST_KEY:
+            return
+        entries = self._entries
+        while entries and (len(entries) >= CACHED or self._bytes + weight > CACHED_BYTES):
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._bytes -= self.weight(oldest)
+        entries[key] = value
+        self._bytes += weight
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def items(self) -> ItemsView[K, V]:
+        return self._entries.items()
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
 
 
 class Forwarding:
@@ -53,6 +113,10 @@ class Forwarding:
             else authority(upstream).encode("ascii")
         )
         self.query = ClerkQuery.parse(located.target.query)
+        if b"__clerk" in query or b"__dev_session" in query:
+            # the handshake's parameters are the gateway's business, never the upstream's
+            kept = without_handshake("?" + query.decode("latin-1")).encode("latin-1")
+            self.target = self.target[: len(self.target) - len(query) - 1] + kept
 
 
 class Runtime:
@@ -101,24 +165,28 @@ class Runtime:
             return verdict
 
         self.trust = trust  # a new function per policy: connections re-check on reload
-        self._located: dict[tuple[bytes, bytes, bytes], Located | Reason] = {}
-        self._extracted: dict[bytes, Extracted] = {}
-        self._cookies: dict[bytes, Cookies] = {}
+        self._located: Memo[tuple[bytes, bytes, bytes], Located | Reason] = Memo()
+        self._extracted: Memo[bytes, Extracted] = Memo()
+        self._cookies: Memo[bytes, Cookies] = Memo()
+        self._upstream_cookies: Memo[bytes, bytes] = Memo()
 
     def locate(self, method: bytes, host: bytes, url: bytes) -> Located | Reason:
         """`decide.locate`, remembered per (method, host, target)."""
         key = (method, host, url)
         found = self._located.get(key)
         if found is None:
-            host_name = host_without_port(host.decode("latin-1"))
-            target = url.decode("utf-8", "surrogateescape")
-            found = locate(self.policy, method.decode("latin-1"), host_name, target)
+            text = host.decode("latin-1")
+            if valid_authority(text):
+                target = url.decode("utf-8", "surrogateescape")
+                method_name = method.decode("latin-1")
+                found = locate(self.policy, method_name, host_without_port(text), target)
+            else:
+                found = Reason.REQUEST_MALFORMED
             if isinstance(found, Located):
                 route = found.route
                 label = self.labels[route.index] if route is not None else DEFAULT_LABEL
                 found.engine = Forwarding(found, self.policy, url, label)
-            if len(self._located) < CACHED:
-                self._located[key] = found
+            self._located.put(key, found)
         return found
 
     def from_cookie(self, cookie: bytes) -> Extracted:
@@ -133,8 +201,7 @@ class Runtime:
                 time.time(),
                 self.verifier.peek,
             )
-            if len(self._extracted) < CACHED:
-                self._extracted[cookie] = found
+            self._extracted.put(cookie, found)
         return found
 
     def cookies(self, cookie: bytes | None) -> Cookies:
@@ -146,9 +213,20 @@ class Runtime:
             found = Cookies.parse(
                 cookie, self.policy.clerk.publishable_key, time.time(), self.verifier.peek
             )
-            if len(self._cookies) < CACHED:
-                self._cookies[cookie] = found
+            self._cookies.put(cookie, found)
         return found
+
+    def upstream_cookie(self, cookie: bytes) -> bytes | None:
+        """The Cookie header the upstream gets when it names a `__clerk_` cookie: without
+        the handshake's own (None: unchanged), whatever the path (header token, API call,
+        handshake off)."""
+        found = self._upstream_cookies.get(cookie)
+        if found is None:
+            found = without_handshake_cookies(cookie)
+            if found is None:
+                found = _UNCHANGED
+            self._upstream_cookies.put(cookie, found)
+        return None if found is _UNCHANGED else found
 
     def label(self, route: Route | None) -> tuple[str, str]:
         return self.labels[route.index] if route is not None else DEFAULT_LABEL

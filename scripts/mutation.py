@@ -188,6 +188,7 @@ EQUIVALENT: set[tuple[str, str, str]] = {
         'self.reserved = frozenset(fold(n.encode("LATIN-1")) for n in (*identity_names, *strip))',
     ),
     (T, "b64url_decode", 'raw = part.encode("ASCII")  # UnicodeEncodeError is a ValueError'),
+    (T, "_object", 'return _json(b64url_decode(part).decode("UTF-8"))'),
     (T, "decode", 'signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ASCII")'),
     (C, "decode_permissions", "for feature_entry, mask_text in zip(features, masks, strict=None):"),
     (C, "decode_permissions", "for feature_entry, mask_text in zip(features, masks, ):"),

@@ -5,6 +5,12 @@ Calls are bounded in time, the secret key goes only to `api_url`, and a failure 
 value (None), never an exception on the request path. Concurrent requests with one nonce
 make one call; a nonce that failed is remembered briefly, so that it cannot make every
 request ask Clerk again; a payload never is (a nonce stays single use).
+
+Anyone can put a made-up nonce in a URL, and Clerk's Backend API quota (per secret key)
+is shared with every other service of the application: a nonce must look like one, each
+client has a small budget of resolutions and all clients together a larger one, and a
+429's Retry-After pauses them all. A nonce refused for any of these is a failed
+resolution: the request goes on by its cookies.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +36,57 @@ TIMEOUT_S = 5.0
 REMEMBER_S = 30.0
 REMEMBERED = 10_000
 MAX_BODY = 1_048_576
+# A nonce as Clerk issues them (URL-safe characters; generous bounds): anything else is
+# not sent to Clerk at all.
+_NONCE = re.compile(r"[A-Za-z0-9_.~-]{8,512}")
+# Nonce resolutions: each client (its address) may make BURST at once and RATE per second
+# after; all clients together ALL_BURST and ALL_RATE (a tenth of Clerk's documented 1000
+# requests per 10 s per key: the rest stays for the application's own calls).
+PER_CLIENT_BURST, PER_CLIENT_RATE = 10.0, 1.0
+ALL_BURST, ALL_RATE = 100.0, 10.0
+CLIENTS_TRACKED = 10_000
+
+
+class Bucket:
+    """A token bucket: `take` spends one token if there is one."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, burst: float, rate: float, now: float) -> None:
+        self.burst, self.rate, self.tokens, self.stamp = burst, rate, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class Budget:
+    """Who may make the Backend API resolve a nonce now: per client and for everyone, and
+    nobody while Clerk asked us to wait (429 Retry-After)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._all = Bucket(ALL_BURST, ALL_RATE, clock())
+        self._clients: dict[str, Bucket] = {}
+        self._paused_until = 0.0
+
+    def allows(self, client: str) -> bool:
+        now = self._clock()
+        if now < self._paused_until:
+            return False
+        bucket = self._clients.get(client)
+        if bucket is None:
+            if len(self._clients) >= CLIENTS_TRACKED:  # the oldest client first
+                del self._clients[next(iter(self._clients))]
+            bucket = self._clients[client] = Bucket(PER_CLIENT_BURST, PER_CLIENT_RATE, now)
+        return bucket.take(now) and self._all.take(now)
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +121,7 @@ class BackendAPI:
         self._session: aiohttp.ClientSession | None = None
         self._payloads: dict[str, tuple[float, list[Any] | None]] = {}
         self._inflight: dict[str, asyncio.Future[list[Any] | None]] = {}
+        self.budget = Budget()
 
     def serves(self, settings: ClerkSettings) -> bool:
         """Whether this client talks to the same Backend API with the same secret."""
@@ -75,8 +135,9 @@ class BackendAPI:
             await self._session.close()
             self._session = None
 
-    async def handshake_payload(self, nonce: str) -> list[Any] | None:
-        """The Set-Cookie directives behind a handshake nonce, or None."""
+    async def handshake_payload(self, nonce: str, client: str) -> list[Any] | None:
+        """The Set-Cookie directives behind a handshake nonce, or None (also when the nonce
+        cannot be one, or `client` or everyone spent its budget)."""
         now = time.monotonic()
         known = self._payloads.get(nonce)
         if known is not None and now < known[0]:
@@ -84,11 +145,19 @@ class BackendAPI:
         pending = self._inflight.get(nonce)
         if pending is not None:
             return await asyncio.shield(pending)
+        if _NONCE.fullmatch(nonce) is None:
+            return None
+        if not self.budget.allows(client):
+            log.warning("handshake nonce not resolved: over budget", extra={"client": client})
+            return None
         future: asyncio.Future[list[Any] | None] = asyncio.get_running_loop().create_future()
         self._inflight[nonce] = future
         result: list[Any] | None = None
         try:
-            data = await self._get("/v1/clients/handshake_payload", {"nonce": nonce})
+            answer = await self._call("/v1/clients/handshake_payload", {"nonce": nonce})
+            if answer.status == 429:
+                self.budget.pause(answer.retry_after_s or 1.0)
+            data = answer.body if answer.status == 200 else None
             directives = data.get("directives") if isinstance(data, dict) else None
             result = directives if isinstance(directives, list) else None
         finally:
@@ -106,11 +175,6 @@ class BackendAPI:
         """`GET /v1/users/{id}`: the user object, or why not (404, 429 and its
         Retry-After, a failure)."""
         return await self._call(f"/v1/users/{quote(user_id, safe='')}", {})
-
-    async def _get(self, path: str, params: dict[str, str]) -> Any:
-        """GET a Backend API path; the JSON body, or None (logged) on any failure."""
-        answer = await self._call(path, params)
-        return answer.body if answer.status == 200 else None
 
     async def _call(self, path: str, params: dict[str, str]) -> Answer:
         """GET a Backend API path, bounded in time and size; never raises."""

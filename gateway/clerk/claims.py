@@ -1,4 +1,6 @@
 """Verified session claims -> Principal. Pure; a claim of the wrong type counts as absent.
+Claims are parsed JSON: objects are dicts (`isinstance(x, dict)` is a type check, a
+`Mapping` check an ABC lookup, on every cache miss).
 
 Clerk has two claim shapes. v1 (deprecated 2025-04) carries `org_id`, `org_slug`,
 `org_role` and an `org_permissions` list. v2 carries the active organization as
@@ -48,7 +50,7 @@ def roles_at(claims: Mapping[str, Any], path: tuple[str, ...] | None) -> tuple[s
         return ()
     value: Any = claims
     for part in path:
-        if not isinstance(value, Mapping):
+        if not isinstance(value, dict):
             return ()
         value = value.get(part)
     if isinstance(value, str):
@@ -62,7 +64,7 @@ def _organization(
     claims: Mapping[str, Any],
 ) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
     org = claims.get("o")
-    if isinstance(org, Mapping):
+    if isinstance(org, dict):
         org_id = _str(org.get("id"))
         if org_id is None:
             return None, None, None, ()
@@ -133,7 +135,7 @@ def _factor_ages(value: Any) -> tuple[int, int] | None:
 
 
 def _actor(value: Any) -> Actor | None:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return None
     sub = _str(value.get("sub"))
     if sub is None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
-from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 from gateway.clerk.keys import PublishableKey
 from gateway.clerk.tokens import NO_CATEGORY, SESSION_CATEGORY, decode, extract
@@ -96,12 +96,7 @@ class Cookies:
         suffixed = extracted.suffixed
         suffix = f"_{instance.cookie_suffix}" if instance is not None else ""
         dev = (values.get(DEV_BROWSER + suffix) if suffixed else None) or values.get(DEV_BROWSER)
-        kept = [(n, v) for n, v in pairs if n not in HANDSHAKE_COOKIES]
-        forwarded = (
-            None
-            if len(kept) == len(pairs)
-            else "; ".join(f"{n}={v}" for n, v in kept).encode("latin-1")
-        )
+        forwarded = without_handshake_cookies(header)
         return Cookies(
             token=extracted.token,
             client_uat=_integer(extracted.client_uat),
@@ -131,10 +126,29 @@ def _cookie_pairs(header: str) -> list[tuple[str, str]]:
     return out
 
 
+def without_handshake_cookies(header: bytes) -> bytes | None:
+    """The Cookie header without the handshake's cookies, every other pair exactly as the
+    browser sent it (quoted values, valueless cookies); None when there is nothing to cut."""
+    if b"__clerk_" not in header:
+        return None
+    pieces = header.split(b";")
+    kept = [p for p in pieces if p.partition(b"=")[0].strip() not in _HANDSHAKE_COOKIE_BYTES]
+    if len(kept) == len(pieces):
+        return None
+    return b";".join(kept).strip(b" \t")
+
+
+_HANDSHAKE_COOKIE_BYTES = frozenset(name.encode("ascii") for name in HANDSHAKE_COOKIES)
+
+
 def _integer(text: str | None) -> int:
-    """Clerk's `Number.parseInt(x) || 0`: leading digits, else 0."""
-    match = re.match(r"\s*(\d+)", text or "")
+    """Clerk's `Number.parseInt(x) || 0`: leading digits, else 0. At most 15 of them: a
+    Unix time or a counter has fewer, and Python refuses to convert 4,300 digits."""
+    match = _DIGITS.match(text or "")
     return int(match.group(1)) if match else 0
+
+
+_DIGITS = re.compile(r"\s*(\d{1,15})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +202,8 @@ class Instance:
         origin, as Clerk resolves a relative proxyUrl."""
         base = self.frontend_api
         if base.startswith("/"):
-            parts = urlsplit(request_url)
-            base = f"{parts.scheme}://{parts.netloc}{base}"
+            scheme, _, rest = request_url.partition("://")
+            base = f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0]}{base}"
         elif not base.startswith(("http://", "https://")):
             base = f"https://{base}"
         return base.rstrip("/")
@@ -514,15 +528,33 @@ def clearing(cookies: Cookies) -> list[str]:
 
 def _without(url: str, names: frozenset[str] | tuple[str, ...]) -> str:
     """`url` without the named query parameters; every other one keeps its exact spelling
-    (an app may read `+` or `%20` differently: what it gets back is what it sent)."""
-    parts = urlsplit(url)
-    if not parts.query:
+    (an app may read `+` or `%20` differently: what it gets back is what it sent). Cut as
+    text, not parsed: a URL any client can shape (its Host) must not be able to fail here."""
+    rest, hash_mark, fragment = url.partition("#")
+    base, _, query = rest.partition("?")
+    if not query:
         return url
-    kept = [
-        pair for pair in parts.query.split("&") if unquote_plus(pair.partition("=")[0]) not in names
-    ]
+    kept = [pair for pair in query.split("&") if unquote_plus(pair.partition("=")[0]) not in names]
     query = "&".join(kept)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+    return f"{base}{'?' if query else ''}{query}{hash_mark}{fragment}"
+
+
+def without_handshake(target: str) -> str:
+    """A request target (path and query) without the handshake's parameters: what the
+    upstream receives (the SDK's own redirect removes them; a request that was not
+    redirected, an API call, must not carry a nonce or a handshake token upstream)."""
+    return _without(target, HANDSHAKE_PARAMS)
+
+
+def settled(cookies: Cookies, query: ClerkQuery) -> tuple[Cookies, ClerkQuery]:
+    """The cookies and query without the handshake that came back, once its resolution
+    failed: the request goes on by the cookies the browser holds (Clerk's SDK logs the
+    failure and does the same), never back to the same URL (a nonce cookie set for a
+    parent domain or another path outlives our clearing, and would loop)."""
+    return (
+        replace(cookies, handshake_token=None, handshake_nonce=None),
+        replace(query, handshake_token=None, handshake_nonce=None),
+    )
 
 
 def _with_param(url: str, name: str, value: str) -> str:
@@ -533,7 +565,10 @@ def _with_param(url: str, name: str, value: str) -> str:
 def _sync_back(redirect_url: str, dev_browser: str | None, instance: Instance) -> str | None:
     """Where a dev primary sends a syncing satellite back: only to a trusted origin (the
     SDK follows any URL; an open redirect is not ours to offer)."""
-    parts = urlsplit(redirect_url)
+    try:
+        parts = urlsplit(redirect_url)
+    except ValueError:  # a query parameter anyone can write ("http://[x")
+        return None
     origin = f"{parts.scheme}://{parts.netloc}"
     if parts.scheme not in ("http", "https") or origin not in instance.trusted_redirects:
         return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -364,3 +365,43 @@ async def test_a_request_described_both_ways_is_refused(both: Both) -> None:
     )
     assert r.status == 400
     assert (await r.json())["reason"] == "request-malformed"
+
+
+async def test_the_assertion_audience_is_the_host_name_however_the_client_spells_it(
+    devclerk: DevClerk,
+    clerk_server: TestServer,
+    upstream: tuple[Upstream, TestServer],
+    tmp_path: Path,
+) -> None:
+    _, server = upstream
+    text = policy_text(devclerk, clerk_server, str(server.make_url("")).rstrip("/"))
+    text = text.replace("trusted_proxies: [10.99.0.0/16]", "trusted_proxies: [127.0.0.1/32]")
+    text = text.replace("  - {path: /api/webhooks/clerk, methods: [POST], access: webhook}\n", "")
+    path = tmp_path / "auth.yaml"
+    path.write_text(text + "assertion:\n  issuer: https://gateway.test\n")
+    auth = await start(
+        Gateway(str(path), env={}), Address(LOOPBACK, 0), Address(LOOPBACK, 0), mode="forward-auth"
+    )
+    try:
+        assert auth.gateway.keys is not None
+        assert await auth.gateway.keys.wait_ready(5)
+        token = devclerk.mint("user_a", role="member")
+        audiences = set()
+        async with aiohttp.ClientSession() as http:
+            for host in ("app.example.com", "App.Example.COM:8443"):
+                headers = {
+                    "Authorization": f"Bearer {token}",
+                    "X-Forwarded-Method": "GET",
+                    "X-Forwarded-Proto": "https",
+                    "X-Forwarded-Host": host,
+                    "X-Forwarded-Uri": "/api/x",
+                }
+                url = f"http://{LOOPBACK}:{auth.public_address.port}/auth"
+                async with http.get(url, headers=headers) as r:
+                    assert r.status == 200
+                    assertion = r.headers["X-Clerk-Gateway-Assertion"]
+                claims = jwt.decode(assertion, options={"verify_signature": False})
+                audiences.add(claims["aud"])
+        assert audiences == {"app.example.com"}
+    finally:
+        await auth.close()

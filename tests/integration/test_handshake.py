@@ -303,21 +303,28 @@ async def test_a_handshake_that_never_yields_a_session_stops_after_three(browser
     assert "Sign in" in page
 
 
-async def test_a_nonce_that_cannot_be_resolved_is_counted_and_signed_out(
+async def test_a_nonce_that_cannot_be_resolved_goes_on_by_the_cookies(
     browser: Browser,
 ) -> None:
+    """Clerk's SDK logs a failed resolution and goes on with the cookie path: here a
+    browser without a session is started on a handshake (dev instance: no dev-browser
+    token), with the handshake's parameters gone from the URL it will come back to."""
     browser.clerk.handshake_payload_status = 500
-    r = await browser.once("GET", "/dashboard?__clerk_handshake_nonce=abc&x=1", NAVIGATION)
+    nonce = "nonce-that-fails"
+    r = await browser.once("GET", f"/dashboard?__clerk_handshake_nonce={nonce}&x=1", NAVIGATION)
     assert r.status == 307
-    assert r.headers["Location"].startswith(f"{browser.frontend}/sign-in?redirect_url=")
+    assert r.headers["Location"].startswith(f"{browser.frontend}/v1/client/handshake?")
     back = dict(parse_qsl(urlsplit(r.headers["Location"]).query))["redirect_url"]
     assert back == f"{browser.base}/dashboard?x=1"
-    assert r.headers["x-clerk-auth-reason"] == "handshake-failed"
+    assert r.headers["x-clerk-auth-reason"] == "dev-browser-missing"
     assert browser.metric("failed") == 1
     assert browser.upstream.requests == []
     # the same nonce again is not sent to Clerk again
     hits = browser.clerk.handshake_payload_hits
-    await browser.once("GET", "/dashboard?__clerk_handshake_nonce=abc", NAVIGATION)
+    await browser.once("GET", f"/dashboard?__clerk_handshake_nonce={nonce}", NAVIGATION)
+    assert browser.clerk.handshake_payload_hits == hits
+    # and a nonce that cannot be one is never sent at all
+    await browser.once("GET", "/dashboard?__clerk_handshake_nonce=a%20b", NAVIGATION)
     assert browser.clerk.handshake_payload_hits == hits
 
 

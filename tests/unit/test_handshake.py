@@ -33,6 +33,9 @@ from gateway.clerk.handshake import (
     maybe_handshake,
     redirect_count_cookie,
     session_from,
+    settled,
+    without_handshake,
+    without_handshake_cookies,
 )
 from gateway.clerk.keys import parse_publishable_key
 from gateway.clerk.tokens import peek_claims
@@ -404,3 +407,48 @@ def test_a_dev_primary_sends_a_syncing_satellite_back_only_to_a_trusted_origin()
     assert not isinstance(
         step(DEV, "__clerk_db_jwt=dvb_1", page(), evil, trusted_redirects=trusted), Handshake
     )
+
+
+# ---- hostile input ----------------------------------------------------------------------
+
+
+def test_the_upstream_cookie_loses_only_the_handshake_pairs_byte_for_byte() -> None:
+    header = b'msgs="a\\054b"; __clerk_redirect_count=1; flag; __clerk_handshake_nonce=n; x=y'
+    assert without_handshake_cookies(header) == b'msgs="a\\054b"; flag; x=y'
+    assert without_handshake_cookies(b"__clerk_handshake=j") == b""
+    assert without_handshake_cookies(b"__clerk_db_jwt=d; a=1") is None  # nothing to cut
+    assert without_handshake_cookies(b"a=1") is None
+
+
+def test_the_upstream_target_loses_only_the_handshake_parameters() -> None:
+    target = "/p?a=1&__clerk_handshake_nonce=n&b=%20+&__clerk_db_jwt=d&__dev_session=s"
+    assert without_handshake(target) == "/p?a=1&b=%20+"
+    assert without_handshake("/p?__clerk_handshake=j") == "/p"
+    assert without_handshake("/p?__clerk_synced=true") == "/p?__clerk_synced=true"
+
+
+def test_urls_any_client_shapes_never_raise() -> None:
+    assert clean_url("http://[oops/x?__clerk_handshake=j&a=1") == "http://[oops/x?a=1"
+    cookies = Cookies.parse(b"__client_uat=" + b"9" * 4400, None, 0.0, peek_claims)
+    assert cookies.client_uat == 999_999_999_999_999  # 15 digits, never int("9" * 4400)
+    query = ClerkQuery.parse("__clerk_redirect_url=http://[x&__clerk_db_jwt=d")
+    request = Navigation("GET", URL, document=True, fetch_dest_document=True)
+    instance = instance_for(
+        parse_publishable_key(DEV.publishable_key),
+        proxy_url=None,
+        domain=None,
+        satellite=False,
+        sign_in_url="/sign-in",
+        trusted_redirects=("https://app.example.com",),
+    )
+    step = before_verification(NO_COOKIES, query, request, instance, peek_claims)
+    assert isinstance(step, Handshake)  # the broken redirect_url is ignored, not a crash
+
+
+def test_a_failed_resolution_settles_on_the_cookies_without_the_handshake() -> None:
+    cookies = Cookies.parse(b"__clerk_handshake_nonce=n; __client_uat=5", None, 0.0, peek_claims)
+    query = ClerkQuery.parse("__clerk_handshake=j&a=1")
+    after_cookies, after_query = settled(cookies, query)
+    assert after_cookies.handshake_nonce is None
+    assert after_cookies.client_uat == 5
+    assert not after_query.has_handshake

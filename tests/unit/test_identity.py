@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.assertion import KeyFileError, Signer, generate_pem, load_keys, public_jwk
 from gateway.config import parse_policy
 from gateway.decision import Principal
-from gateway.identity import encode, path_values
-from gateway.model import AssertionSettings, HeaderPath
+from gateway.identity import encode, identity_values, path_values
+from gateway.model import AssertionSettings, HeaderPath, IdentityHeaders
 from gateway.profiles import view
 
 # ---- values ---------------------------------------------------------------------------------
@@ -134,6 +134,10 @@ def test_identity_headers_take_any_claim_and_strip_every_configured_name() -> No
         ("Cookie: email", "managed by the gateway"),
         ("X-Forwarded-For: email", "managed by the gateway"),
         ("X.Request.Id: email", "managed by the gateway"),  # folded as servers read it
+        ("X-Forwarded-Uri: email", "describe the request"),
+        ("X_Forwarded_Port: email", "describe the request"),
+        ("X-Original-URL: email", "describe the request"),
+        ("X-Real-IP: email", "describe the request"),
         ("X-Email: 'a..b'", "must be a dot path"),
         ("X-Email: ''", "needs a claim path"),
         ("X-Email: 3", "must be a string"),
@@ -144,6 +148,32 @@ def test_bad_identity_headers_are_errors(entry: str, message: str) -> None:
     result = load(f"identity_headers:\n  {entry}\n")
     assert result.policy is None
     assert any(message in str(p) for p in result.problems), result.problems
+
+
+def test_the_oauth2_proxy_identity_names_stay_allowed() -> None:
+    result = load("identity_headers:\n  X-Forwarded-Email: email\n  X-Forwarded-User: sub\n")
+    assert result.policy is not None, result.problems
+
+
+def test_forward_auth_mode_names_every_header_the_proxy_must_copy_and_strip() -> None:
+    text = BASE.replace("upstream: http://127.0.0.1:9\n", "") + textwrap.dedent(
+        """\
+        mode: forward-auth
+        trusted_proxies: [127.0.0.1/32]
+        identity_headers:
+          X-Tenant: metadata.tenant
+        assertion:
+          issuer: gw
+        """
+    )
+    result = parse_policy(text, "routes.yaml", for_run=False, env={})
+    assert result.errors == (), result.errors
+    [warning] = [str(p) for p in result.warnings if "must copy" in str(p)]
+    for name in ("X-Tenant", "X-Tenant-Encoding", "X-Clerk-Gateway-Assertion"):
+        assert name in warning
+    assert "X-Clerk-Role," not in warning  # the shipped configurations handle the built-ins
+    proxy_mode = load("identity_headers:\n  X-Tenant: t\n")
+    assert not [p for p in proxy_mode.warnings if "must copy" in str(p)]
 
 
 def test_a_reversed_entry_is_flagged() -> None:
@@ -265,3 +295,22 @@ def test_an_rsa_key_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(KeyFileError, match="not an EC P-256 key"):
         load_keys(str(path))
+
+
+def test_a_role_outside_ascii_is_percent_encoded_not_dropped_with_the_others() -> None:
+    identity = IdentityHeaders()
+    principal = Principal(
+        user_id="user_1", roles=("admin", "Président"), org_slug="café", org_id="org_é"
+    )
+    pairs = dict(identity_values(principal, {}, identity))
+    assert pairs["X-Clerk-Role"] == "admin%2CPr%C3%A9sident"
+    assert pairs["X-Clerk-Role-Encoding"] == "percent"
+    assert pairs["X-Clerk-Org-Slug"] == "caf%C3%A9"
+    assert "X-Clerk-Org-Id" not in pairs  # ids are Clerk's, and ASCII: never encoded
+    assert "X-Clerk-Org-Id-Encoding" not in pairs
+    # a control character is never sent, encoded or not
+    bad = Principal(user_id="user_1", roles=("admin\r\nX-Injected: yes",))
+    assert "X-Clerk-Role" not in dict(identity_values(bad, {}, identity))
+    names = identity.names()
+    assert "X-Clerk-Role-Encoding" in names
+    assert "X-Clerk-User-Id-Encoding" not in names

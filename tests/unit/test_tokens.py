@@ -388,13 +388,19 @@ def test_b64url_is_canonical() -> None:
             b64url_decode(bad)
 
 
+NOT_URLSAFE = "not base64url: padding, '+', '/' or another byte"
+
+
 @pytest.mark.parametrize(
     ("description", "part", "message"),
     [
         ("one character too many", "QQQQQ", "impossible base64 length"),
-        ("trailing bits set", "QR", "non-canonical base64url"),
-        ("padding", "QQ=", "non-canonical base64url"),
-        ("padding first", "=QQ", "Incorrect padding"),
+        ("trailing bits set", "QR", "non-canonical base64url: trailing bits set"),
+        ("trailing bits set, three", "QUJ", "non-canonical base64url: trailing bits set"),
+        ("padding", "QQ==", NOT_URLSAFE),
+        ("padding first", "=QQ", NOT_URLSAFE),
+        ("standard alphabet", "+/8", NOT_URLSAFE),
+        ("a space", "Q Q", NOT_URLSAFE),
     ],
 )
 def test_b64url_refusals_say_why(description: str, part: str, message: str) -> None:
