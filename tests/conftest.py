@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.devclerk import DevClerk, SigningKey, new_rsa_key
-from tests.scrape import Scrape, scrape_after_traffic
+
+if TYPE_CHECKING:  # the scrape needs the integration harness: imported only when used
+    from tests.scrape import Scrape
 
 _POOL: list[rsa.RSAPrivateKey] = []
 
@@ -51,4 +54,6 @@ def spare_keys() -> list[rsa.RSAPrivateKey]:
 @pytest.fixture(scope="session")
 def metrics_scrape(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
     """A real `/metrics` scrape of a gateway after traffic of every kind (tests/scrape.py)."""
+    from tests.scrape import scrape_after_traffic
+
     return scrape_after_traffic(tmp_path_factory.mktemp("scrape"))
