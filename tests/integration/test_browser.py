@@ -61,7 +61,7 @@ class Site:
     evil: str  # another site, with a form that posts to the app
 
 
-def chrome() -> Any:
+def chrome(*extra_flags: str) -> Any:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -76,6 +76,7 @@ def chrome() -> Any:
         "--disable-background-networking",
         "--disable-component-update",
         f"--user-data-dir={tempfile.mkdtemp(prefix='clerk-gateway-chromium-')}",
+        *extra_flags,
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
@@ -147,8 +148,17 @@ def open_page(driver: Any, url: str) -> tuple[str, str]:
 
 
 def sign_in(driver: Any, who: str) -> tuple[str, str]:
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver.find_element("css selector", f'input[value="{who}"]').click()
-    driver.find_element("css selector", 'button[type="submit"]').click()
+    button = driver.find_element("css selector", 'button[type="submit"]')
+    button.click()
+    # a click does not wait for the navigation it starts: wait (bounded) until the sign-in
+    # page is gone and the page it led to has loaded, or a busy machine reads the old URL
+    wait = WebDriverWait(driver, 20)
+    wait.until(expected_conditions.staleness_of(button))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
     return driver.current_url, driver.find_element("tag name", "body").text
 
 

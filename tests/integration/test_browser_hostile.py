@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from gateway.devclerk import DevClerk
 from gateway.server import start
 from gateway.settings import Address
 from tests.integration.conftest import LOOPBACK, Upstream, policy_text
-from tests.integration.test_browser import CHROMIUM, DRIVER, MISSING, off_loop
+from tests.integration.test_browser import MISSING, chrome, off_loop
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency")
 pytestmark = [
@@ -32,32 +31,9 @@ pytestmark = [
 ]
 
 
-def chrome() -> Any:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--host-resolver-rules=MAP *.example.test 127.0.0.1",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='clerk-gateway-hostile-')}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
-    driver.set_page_load_timeout(20)
-    return driver
-
-
 @pytest.fixture
 def driver() -> Iterator[Any]:
-    d = chrome()
+    d = chrome("--host-resolver-rules=MAP *.example.test 127.0.0.1")
     try:
         yield d
     finally:
