@@ -249,6 +249,20 @@ EQUIVALENT: set[tuple[str, str, str]] = {
     (H, "HeaderRules.action", "self._actions[name] = None"),
     # headers: None and False are both falsy where they are read
     (H, "forwarded_lines", "seen_proto = seen_host = None"),
+    # headers: codec names ignore case
+    (H, "client_address", 'address = hop.strip().decode("LATIN-1")'),
+    # tokens: more padding than a group needs; a2b_base64 (not strict) stops at the first
+    # complete group and ignores the rest
+    (
+        T,
+        "b64url_decode",
+        'return binascii.a2b_base64(raw.translate(_TO_STANDARD) + b"=" * (+spare % 4))',
+    ),
+    (
+        T,
+        "b64url_decode",
+        'return binascii.a2b_base64(raw.translate(_TO_STANDARD) + b"=" * (-spare % 5))',
+    ),
     # tokens: key ids are strings, so get(None) finds nothing either way
     (T, "KeySet.get", "return self.by_kid.get(kid) if (kid is not None) or True else None"),
     # tokens (cookie choice): an absent cookie and an undecodable one read alike

@@ -5,13 +5,18 @@ client's second X-Forwarded-For or a header that survives in another spelling sh
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from gateway.correlation import correlate
 from gateway.headers import (
     HeaderRules,
+    client_address,
     connection_tokens,
     forwarded_lines,
+    replace_cookie,
+    requested_host,
     safe_value,
     scan,
     upstream_head,
@@ -55,14 +60,18 @@ def forward(
     reserved: Names = DEFAULTS,
     identity: tuple[tuple[str, str], ...] = (),
     host_override: str | None = None,
+    cookie: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The header lines sent upstream for `incoming`, in order, as (name, value)."""
+    """The header lines sent upstream for `incoming`, in order, as (name, value); `cookie`:
+    the Cookie the upstream gets instead of the client's (the handshake's cookies kept)."""
     request = Request()
     headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in incoming]
     if not any(n.lower() == b"host" for n, _ in headers):
         headers.insert(0, (b"Host", b"app.example.com"))
     scan(headers, HeaderRules(*reserved), trusted, request)
     correlate(request, trusted)  # as the engine does
+    if cookie is not None:
+        replace_cookie(request, cookie.encode("latin-1"))
     head = upstream_head(
         request,
         b"/x",
@@ -379,6 +388,31 @@ ROWS = [
         ]
     ),
     (
+        "the client's Cookie headers, in any spelling, replaced by one, after the others",
+        [
+            ("Accept", "a"),
+            ("Cookie", "__clerk_db_jwt=d; a=1"),
+            ("X-A", "1"),
+            ("cookie", "b=2"),
+            ("COOKIE", "c=3"),
+            ("X-B", "2"),
+        ],
+        {"cookie": "a=1; b=2; c=3"},
+        [("Accept", "a"), ("X-A", "1"), ("X-B", "2"), ("Cookie", "a=1; b=2; c=3"), *TAIL],
+    ),
+    (
+        "a replaced Cookie header with the client's only one",
+        [("Cookie", "__clerk_db_jwt=d; a=1")],
+        {"cookie": "a=1"},
+        [("Cookie", "a=1"), *TAIL],
+    ),
+    (
+        "no cookie left for the upstream: no Cookie header at all",
+        [("Cookie", "__clerk_db_jwt=d"), ("X-A", "1"), ("Cookie", "__client_uat=0")],
+        {"cookie": ""},
+        [("X-A", "1"), *TAIL],
+    ),
+    (
         "identity is added after the strip",
         [("X-Clerk-User-Id", "forged")],
         {"identity": (("X-Clerk-User-Id", "user_1"),)},
@@ -574,6 +608,85 @@ def test_forwarded_lines(
     scan(headers, HeaderRules(*DEFAULTS), True, request)
     got = forwarded_lines(request, CLIENT.encode(), b"http")
     assert got == tuple(v.encode() for v in expected), description
+
+
+PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
+PEER = "10.1.2.3"  # the trusted proxy in front of the gateway
+# what a trusted proxy sent besides X-Forwarded-For: read by `scan` into the same list
+PROXY_FACTS = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "app.example.org")]
+
+
+def a_proxy(address: str) -> bool:
+    try:
+        return any(ipaddress.ip_address(address) in net for net in PROXIES)
+    except ValueError:
+        return False
+
+
+def proxy_said(incoming: list[tuple[str, str]]) -> list[tuple[int, bytes]]:
+    """What `scan` keeps of a trusted proxy's X-Forwarded-* headers, in order."""
+    request = Request()
+    headers = [(b"Host", b"app.example.com")]
+    headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in incoming]
+    scan(headers, HeaderRules(*DEFAULTS), True, request)
+    assert request.forwarded is not None
+    return request.forwarded
+
+
+CLIENTS = [
+    # (description, a trusted proxy's X-Forwarded-For lines, the client's address)
+    ("no X-Forwarded-For: the peer", [], PEER),
+    ("one hop: the address the proxy saw", ["203.0.113.9"], "203.0.113.9"),
+    (
+        "a client's own X-Forwarded-For is not believed",
+        ["198.51.100.1, 203.0.113.9"],
+        "203.0.113.9",
+    ),
+    ("proxies in a row: the first that is not one", ["203.0.113.9, 10.0.0.7"], "203.0.113.9"),
+    ("a comma without a space", ["198.51.100.1,203.0.113.9,10.0.0.7"], "203.0.113.9"),
+    ("two header lines, read as one list", ["198.51.100.1", "203.0.113.9"], "203.0.113.9"),
+    ("two header lines, a proxy on the second", ["203.0.113.9", "10.0.0.7"], "203.0.113.9"),
+    ("empty items skipped, the nearest last", ["203.0.113.9, , "], "203.0.113.9"),
+    ("nothing but empty items: the peer", [" , "], PEER),
+    ("every hop a trusted proxy: the farthest", ["10.0.0.5, 10.0.0.7"], "10.0.0.5"),
+    ("what a proxy wrote, as written", ["unknown"], "unknown"),
+    ("IPv6", ["2001:db8::1"], "2001:db8::1"),
+    ("a byte beyond ASCII, as Latin-1", ["caf\xe9"], "caf\xe9"),
+]
+
+
+@pytest.mark.parametrize(("description", "lines", "client"), CLIENTS, ids=[r[0] for r in CLIENTS])
+def test_the_client_address(description: str, lines: list[str], client: str) -> None:
+    """Walked from our side over what `scan` read of a trusted proxy's headers, the
+    X-Forwarded-Proto and -Host among them (never read as addresses)."""
+    sent = [*PROXY_FACTS, *(("X-Forwarded-For", line) for line in lines)]
+    assert client_address(proxy_said(sent), PEER, a_proxy) == client, description
+
+
+HOSTS = [
+    # (description, a trusted proxy's X-Forwarded-* headers, the host the log names)
+    (
+        "no X-Forwarded-Host: the Host received",
+        [("X-Forwarded-For", "203.0.113.9")],
+        "app.example.com",
+    ),
+    (
+        "the first X-Forwarded-Host, whatever stands before it",
+        [
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "a.example"),
+            ("X-Forwarded-Host", "b.example"),
+        ],
+        "a.example",
+    ),
+]
+
+
+@pytest.mark.parametrize(("description", "incoming", "host"), HOSTS, ids=[r[0] for r in HOSTS])
+def test_the_requested_host(description: str, incoming: list[tuple[str, str]], host: str) -> None:
+    got = requested_host(proxy_said(incoming), b"app.example.com")
+    assert got == host.encode(), description
 
 
 RESERVED = [

@@ -648,126 +648,139 @@ def jar(
     return {name: value for name, value in cookies.items() if value is not None}
 
 
+SUFFIXED, PLAIN = True, False  # the family read (the handshake's `suffixed_cookies=`)
+
 COOKIE_CHOICE = [
-    # (description, instance, cookies, (token, client_uat) read)
-    ("only this app's suffixed cookies", DEV, jar(S_OLD, "7"), (S_OLD, "7")),
-    ("a suffixed uat without its session", DEV, jar(suffixed_uat="7"), (None, "7")),
+    # (description, instance, cookies, (token, client_uat, the family) read)
+    ("only this app's suffixed cookies", DEV, jar(S_OLD, "7"), (S_OLD, "7", SUFFIXED)),
+    ("a suffixed uat without its session", DEV, jar(suffixed_uat="7"), (None, "7", SUFFIXED)),
+    (
+        "no suffixed cookies, another instance's plain session: suffixed, so no token",
+        DEV,
+        jar(plain=session_token(iss="https://clerk.other.dev", sub="p"), plain_uat="8"),
+        (None, None, SUFFIXED),
+    ),
     (
         "a suffixed uat without its session, a plain session: suffixed",
         DEV,
         jar(suffixed_uat="7", plain=P_OLD, plain_uat="0"),
-        (None, "7"),
+        (None, "7", SUFFIXED),
     ),
     (
         "no suffixed cookies, a plain session signed out: plain",
         DEV,
         jar(plain=P_NEW, plain_uat="0"),
-        (P_NEW, "0"),
+        (P_NEW, "0", PLAIN),
     ),
-    ("the suffixed session newer: suffixed", DEV, jar(S_NEW, "7", P_OLD, "8"), (S_NEW, "7")),
-    ("the plain session newer: plain", DEV, jar(S_OLD, "7", P_NEW, "8"), (P_NEW, "8")),
+    (
+        "the suffixed session newer: suffixed",
+        DEV,
+        jar(S_NEW, "7", P_OLD, "8"),
+        (S_NEW, "7", SUFFIXED),
+    ),
+    ("the plain session newer: plain", DEV, jar(S_OLD, "7", P_NEW, "8"), (P_NEW, "8", PLAIN)),
     (
         "both issued in the same second: suffixed",
         DEV,
         jar(S_NEW, "7", session_token(sub="plain-same", iat=NOW), "8"),
-        (S_NEW, "7"),
+        (S_NEW, "7", SUFFIXED),
     ),
     (
         "the plain session newer but signed out: suffixed",
         DEV,
         jar(S_OLD, "7", P_NEW, "0"),
-        (S_OLD, "7"),
+        (S_OLD, "7", SUFFIXED),
     ),
     (
         "the plain session newer, the suffixed uat says signed out: plain",
         DEV,
         jar(S_OLD, "0", P_NEW, "8"),
-        (P_NEW, "8"),
+        (P_NEW, "8", PLAIN),
     ),
-    ("both signed out: suffixed", DEV, jar(S_NEW, "0", P_OLD, "0"), (S_NEW, "0")),
+    ("both signed out: suffixed", DEV, jar(S_NEW, "0", P_OLD, "0"), (S_NEW, "0", SUFFIXED)),
     (
         "both signed out, the suffixed token expired: suffixed",
         DEV,
         jar(S_EXPIRED, "0", P_OLD, "0"),
-        (S_EXPIRED, "0"),
+        (S_EXPIRED, "0", SUFFIXED),
     ),
     (
         "development: suffixed signed in but expired, plain signed out: plain",
         DEV,
         jar(S_EXPIRED, "7", P_OLD, "0"),
-        (P_OLD, "0"),
+        (P_OLD, "0", PLAIN),
     ),
     (
         "development: expiry compares whole seconds (exp half a second ahead is not past)",
         DEV,
         jar(S_HALF, "7", P_OLD, "0"),
-        (S_HALF, "7"),
+        (S_HALF, "7", SUFFIXED),
     ),
     (
         "development: suffixed signed in and not expired: suffixed",
         DEV,
         jar(S_LIVE, "7", P_OLD, "0"),
-        (S_LIVE, "7"),
+        (S_LIVE, "7", SUFFIXED),
     ),
     (
         "development: an exp that is no number is not expired",
         DEV,
         jar(S_BAD_EXP, "7", P_OLD, "0"),
-        (S_BAD_EXP, "7"),
+        (S_BAD_EXP, "7", SUFFIXED),
     ),
     (
         "development: expired suffixed, but plain signed in and older: suffixed",
         DEV,
         jar(S_EXPIRED, "7", session_token(sub="plain-older", iat=NOW - 200), "9"),
-        (S_EXPIRED, "7"),
+        (S_EXPIRED, "7", SUFFIXED),
     ),
     (
         "production: an expired suffixed session is still the one read",
         LIVE,
         jar(S_EXPIRED, "7", P_OLD, "0"),
-        (S_EXPIRED, "7"),
+        (S_EXPIRED, "7", SUFFIXED),
     ),
     (
         "a plain session that is not a JWT: plain (signed out, no loop)",
         DEV,
         jar(S_NEW, "7", "not-a-jwt", "8"),
-        ("not-a-jwt", "8"),
+        ("not-a-jwt", "8", PLAIN),
     ),
     (
         "a plain session with an empty iss: plain",
         DEV,
         jar(S_NEW, "7", session_token(iss="", sub="p"), "8"),
-        (session_token(iss="", sub="p"), "8"),
+        (session_token(iss="", sub="p"), "8", PLAIN),
     ),
     (
         "a plain session with a numeric iss: plain (malformed)",
         DEV,
         jar(S_NEW, "7", session_token(iss=5, sub="p"), "8"),
-        (session_token(iss=5, sub="p"), "8"),
+        (session_token(iss=5, sub="p"), "8", PLAIN),
     ),
     (
         "a plain session of this instance over plain http, upper case: compared",
         DEV,
         jar(S_OLD, "7", session_token(iss="HTTP://clerk.clerk.dev", sub="p", iat=NOW), "8"),
-        (session_token(iss="HTTP://clerk.clerk.dev", sub="p", iat=NOW), "8"),
+        (session_token(iss="HTTP://clerk.clerk.dev", sub="p", iat=NOW), "8", PLAIN),
     ),
     (
         "a plain session of another instance: suffixed even if newer",
         DEV,
         jar(S_OLD, "7", session_token(iss="https://clerk.other.dev", sub="p", iat=NOW), "8"),
-        (S_OLD, "7"),
+        (S_OLD, "7", SUFFIXED),
     ),
     (
         "a plain session without iat counts as issued at 0 (not newer than 0)",
         DEV,
         jar(session_token(sub="s0", iat=0), "7", session_token(sub="p", iat=None), "8"),
-        (session_token(sub="s0", iat=0), "7"),
+        (session_token(sub="s0", iat=0), "7", SUFFIXED),
     ),
     (
         "a plain session whose iat is no number counts as oldest",
         DEV,
         jar(S_OLD, "7", session_token(sub="p", iat="late"), "8"),
-        (S_OLD, "7"),
+        (S_OLD, "7", SUFFIXED),
     ),
 ]
 
@@ -781,16 +794,16 @@ def test_cookie_choice(
     description: str,
     instance: PublishableKey,
     cookies: dict[str, str],
-    expected: tuple[str | None, str | None],
+    expected: tuple[str | None, str | None, bool],
 ) -> None:
     got = extract(None, cookies, instance, NOW + 0.9)
-    assert (got.token, got.client_uat) == expected, description
+    assert (got.token, got.client_uat, got.suffixed) == expected, description
     assert got.source == ("cookie" if got.token else "none")
 
 
 def test_no_instance_reads_the_plain_cookies() -> None:
     got = extract(None, jar(S_NEW, "7", P_OLD, "8"), None, NOW)
-    assert (got.token, got.client_uat) == (P_OLD, "8")
+    assert (got.token, got.client_uat, got.suffixed) == (P_OLD, "8", PLAIN)
 
 
 @pytest.mark.parametrize(
