@@ -90,3 +90,15 @@ def test_codes_are_kebab_case_strings() -> None:
         assert " " not in reason.value
         assert "_" not in reason.value
         assert str(reason) == reason.value
+
+
+def test_a_browser_decision_carries_its_handshake_and_clerks_reason() -> None:
+    handshake = object()  # a clerk.handshake.Handshake in the gateway; opaque here
+    started = Decision(False, Reason.DEV_BROWSER_MISSING, None, handshake=handshake)
+    assert started.handshake is handshake
+    assert started.auth is None
+    signed_out = Decision(
+        False, Reason.SESSION_TOKEN_MISSING, None, auth=Reason.CLIENT_UAT_BUT_NO_SESSION_TOKEN
+    )
+    assert signed_out.auth is Reason.CLIENT_UAT_BUT_NO_SESSION_TOKEN
+    assert signed_out.handshake is None

@@ -20,6 +20,7 @@ from gateway.routes import (
     host_without_port,
     regex_matches_nothing,
     shadowing_route,
+    valid_authority,
 )
 
 PATTERN_CASES = [
@@ -754,3 +755,36 @@ UNMATCHABLE = [
 )
 def test_regex_matches_nothing(description: str, pattern: str, why: str | None) -> None:
     assert regex_matches_nothing(compile_pattern(pattern)) == why, description
+
+
+AUTHORITIES = [
+    # (description, Host value, valid)
+    ("a name", "app.example.com", True),
+    ("a name and a port", "app.example.com:8443", True),
+    ("an IPv4 address", "127.0.0.1", True),
+    ("an IPv6 literal with a port", "[::1]:8080", True),
+    ("an IPv6 literal with a zone", "[fe80::1%25eth0]", True),
+    ("sub-delims and unreserved characters", "a-b_c.d~e!$&'()*+,;=", True),
+    ("a percent-encoded name", "caf%C3%A9.example", True),
+    ("empty (HTTP/1.0, or an absolute-form target)", "", True),
+    ("a colon and no port", "app:", True),
+    ("an unclosed bracket", "[oops", False),
+    ("a closing bracket alone", "a]b", False),
+    ("a space", "a b", False),
+    ("userinfo", "user@app.example.com", False),
+    ("a path", "app.example.com/x", False),
+    ("a port that is not digits", "app.example.com:80a", False),
+    ("two ports", "app:80:81", False),
+    ("a bracketed name with a slash", "[a/b]", False),
+    ("a backslash", "app\\x", False),
+    ("a quote", 'app"x', False),
+    ("a non-ASCII byte", "caf\xe9", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "host", "valid"), AUTHORITIES, ids=[a[0] for a in AUTHORITIES]
+)
+def test_a_host_is_an_authority_or_a_400(description: str, host: str, valid: bool) -> None:
+    """RFC 9110 7.2 / RFC 3986 3.2.2: what may stand in Host (the rest is a 400)."""
+    assert valid_authority(host) is valid, description
