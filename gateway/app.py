@@ -533,6 +533,8 @@ class Gateway:
         if step.nonce is not None:
             peer = ex.conn.client_ip
             client = peer if ex.forwarded is None else client_address(ex.forwarded, peer, rt.trust)
+            if rt.trust(client):
+                client = ""  # only a proxy's address is known: no per-browser budget
             payload = await rt.backend.handshake_payload(step.nonce, client)
         elif step.token is not None:
             payload = await self._handshake_token(rt, step.token)

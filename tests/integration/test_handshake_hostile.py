@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.clerk.backend import PER_CLIENT_BURST
 from tests.integration.test_handshake import (  # noqa: F401  (the `browser` fixture)
     FETCH,
     NAVIGATION,
@@ -99,11 +100,12 @@ async def test_a_failed_resolution_from_a_cookie_is_no_redirect_to_the_same_url(
 
 async def test_distinct_nonces_do_not_each_call_the_backend_api(browser: Browser) -> None:
     """Made-up nonces must not spend the instance's Backend API quota (1000 req/10 s per
-    secret key, shared by every service of the app): a client's budget is 10 at once."""
+    secret key, shared by every service of the app): a client's budget is 20 at once,
+    5 a second after."""
     before = browser.clerk.handshake_payload_hits
     for i in range(50):
         await browser.once("GET", f"/?__clerk_handshake_nonce=made-up-{i}", NAVIGATION)
-    assert browser.clerk.handshake_payload_hits - before <= 10
+    assert browser.clerk.handshake_payload_hits - before <= PER_CLIENT_BURST + 5  # + refills
 
 
 # ---- what the upstream must never see ------------------------------------------------------

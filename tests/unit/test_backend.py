@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.clerk.backend import ALL_BURST, PER_CLIENT_BURST, Budget
+from gateway.clerk.backend import ALL_BURST, PER_CLIENT_BURST, PER_CLIENT_RATE, Budget
 
 
 class Clock:
@@ -20,9 +20,14 @@ def test_a_client_has_a_burst_then_one_a_second() -> None:
     assert granted == PER_CLIENT_BURST
     assert not budget.allows("203.0.113.7")
     clock.now += 1.0
-    assert budget.allows("203.0.113.7")
-    assert not budget.allows("203.0.113.7")
+    assert sum(budget.allows("203.0.113.7") for _ in range(50)) == PER_CLIENT_RATE
     assert budget.allows("198.51.100.1")  # another client is not held back by the first
+
+
+def test_browsers_behind_a_proxy_that_names_none_share_only_the_overall_budget() -> None:
+    budget = Budget(Clock())
+    granted = sum(budget.allows("") for _ in range(1000))
+    assert granted == ALL_BURST
 
 
 def test_all_clients_together_have_a_larger_budget() -> None:
