@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from gateway.clerk.claims import principal_from_claims
-from gateway.decide import Located, decide, locate
-from gateway.decision import ALLOW_ANONYMOUS, Access, Principal, Reason
+from gateway.clerk.handshake import Handshake, SignedOut, signed_out
+from gateway.decide import Located, cross_site, decide, locate
+from gateway.decision import ALLOW_ANONYMOUS, Access, Decision, Principal, Reason
 from gateway.model import ClerkSettings, Policy, WebhookSettings
 from gateway.paths import Target
 from gateway.routes import HostPattern, Requirement, Route, RouteTable, compile_pattern
@@ -17,7 +18,10 @@ ROLE = ("metadata", "role")
 
 
 def route(
-    access: Access, require: Requirement | None = None, accept_pending: bool = False
+    access: Access,
+    require: Requirement | None = None,
+    accept_pending: bool = False,
+    csrf: bool = True,
 ) -> Route:
     return Route(
         0,
@@ -25,6 +29,7 @@ def route(
         access,
         require=require or Requirement(),
         accept_pending=accept_pending,
+        csrf=csrf,
     )
 
 
@@ -371,3 +376,219 @@ def test_locate(
     got = (index, located.access, target.path, target.query, target.has_query)
     assert got == expected, description
     assert located.engine is None
+
+
+def test_plain_denials_are_shared_and_carry_no_auth_reason() -> None:
+    decision = decide(at(route(Access.PROTECTED)), Reason.TOKEN_EXPIRED)
+    assert decision is Decision.deny(Reason.TOKEN_EXPIRED)
+    assert decision.auth is None
+    assert decide(at(None), None) is Decision.deny(Reason.SESSION_TOKEN_MISSING)
+
+
+CSRF = [
+    # (description, access of the matched route (None: no route, the default is protected),
+    #  the route's csrf setting, outcome, (allowed, reason, principal))
+    (
+        "cross-site on a protected route: refused before the session counts",
+        Access.PROTECTED,
+        True,
+        MEMBER,
+        (False, Reason.CSRF_ORIGIN_MISMATCH, None),
+    ),
+    (
+        "cross-site on a public route: refused too",
+        Access.PUBLIC,
+        True,
+        None,
+        (False, Reason.CSRF_ORIGIN_MISMATCH, None),
+    ),
+    (
+        "cross-site with no route matched: the check stays on",
+        None,
+        True,
+        MEMBER,
+        (False, Reason.CSRF_ORIGIN_MISMATCH, None),
+    ),
+    (
+        "cross-site where the route turned the check off: decided as usual",
+        Access.PROTECTED,
+        False,
+        MEMBER,
+        (True, None, MEMBER),
+    ),
+    (
+        "cross-site, check off, anonymous: still needs a session",
+        Access.PROTECTED,
+        False,
+        None,
+        (False, Reason.SESSION_TOKEN_MISSING, None),
+    ),
+    (
+        "cross-site on a deny route: the route's denial comes first",
+        Access.DENY,
+        True,
+        ADMIN,
+        (False, Reason.ROUTE_DENIED, None),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "access", "csrf", "outcome", "expected"), CSRF, ids=[c[0] for c in CSRF]
+)
+def test_cross_site_requests(
+    description: str,
+    access: Access | None,
+    csrf: bool,
+    outcome: Principal | Reason | None,
+    expected: tuple[object, ...],
+) -> None:
+    located = at(route(access, csrf=csrf)) if access is not None else at(None, Access.PROTECTED)
+    decision = decide(located, outcome, cross_site=True)
+    got = (decision.allowed, decision.reason, decision.principal)
+    assert got == expected, description
+    if not decision.allowed:
+        assert decision is Decision.deny(expected[1]), description  # shared, no auth reason
+
+
+HANDSHAKE = Handshake(Reason.SESSION_TOKEN_EXPIRED_NOT_REFRESHED)
+DEV_SYNC = Handshake(Reason.DEV_BROWSER_SYNC, "https://example.com/v1/client/sync")
+
+HANDSHAKES = [
+    # (description, access of the matched route (None: no route), the handshake)
+    ("a protected route sends the browser through Clerk", Access.PROTECTED, HANDSHAKE),
+    ("so does a public route (the session is refreshed for it)", Access.PUBLIC, HANDSHAKE),
+    ("and an unmatched request", None, HANDSHAKE),
+    ("a dev-browser sync, with its own location", Access.ADMIN, DEV_SYNC),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "access", "handshake"), HANDSHAKES, ids=[c[0] for c in HANDSHAKES]
+)
+def test_handshakes(description: str, access: Access | None, handshake: Handshake) -> None:
+    located = at(route(access)) if access is not None else at(None, Access.PROTECTED)
+    decision = decide(located, handshake)
+    assert decision.allowed is False, description
+    assert decision.reason is handshake.reason, description
+    assert decision.principal is None, description
+    assert decision.handshake is handshake, description
+    assert decision.auth is None, description
+
+
+SIGNED_OUT = [
+    # (description, access of the matched route (None: no route), the signed-out outcome,
+    #  (allowed, reason, auth) of the decision)
+    (
+        "Clerk's reason and the gateway's differ",
+        Access.PROTECTED,
+        signed_out(Reason.SESSION_TOKEN_AND_UAT_MISSING),
+        (False, Reason.SESSION_TOKEN_MISSING, Reason.SESSION_TOKEN_AND_UAT_MISSING),
+    ),
+    (
+        "an expired token that could not be refreshed",
+        Access.ADMIN,
+        signed_out(Reason.SESSION_TOKEN_EXPIRED_NON_GET, Reason.TOKEN_EXPIRED),
+        (False, Reason.TOKEN_EXPIRED, Reason.SESSION_TOKEN_EXPIRED_NON_GET),
+    ),
+    (
+        "the redirect counter stopped a handshake",
+        None,
+        signed_out(Reason.SESSION_TOKEN_IAT_BEFORE_CLIENT_UAT, loop=True),
+        (
+            False,
+            Reason.SESSION_TOKEN_IAT_BEFORE_CLIENT_UAT,
+            Reason.SESSION_TOKEN_IAT_BEFORE_CLIENT_UAT,
+        ),
+    ),
+    (
+        "the same reason on both sides",
+        Access.PROTECTED,
+        signed_out(Reason.TOKEN_INVALID),
+        (False, Reason.TOKEN_INVALID, Reason.TOKEN_INVALID),
+    ),
+    (
+        "a public route lets a signed-out browser through anonymously",
+        Access.PUBLIC,
+        signed_out(Reason.TOKEN_INVALID),
+        (True, None, None),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "access", "outcome", "expected"), SIGNED_OUT, ids=[c[0] for c in SIGNED_OUT]
+)
+def test_signed_out_sessions(
+    description: str, access: Access | None, outcome: SignedOut, expected: tuple[object, ...]
+) -> None:
+    located = at(route(access)) if access is not None else at(None, Access.PROTECTED)
+    decision = decide(located, outcome)
+    got = (decision.allowed, decision.reason, decision.auth)
+    assert got == expected, description
+    assert decision.allowed is expected[0], description
+    assert decision.principal is None, description
+    assert decision.handshake is None, description
+
+
+OWN = "https://app.example.com"
+PARTY = "https://other.example.com"
+
+CROSS_SITE = [
+    # (description, method, Sec-Fetch-Site, Origin, authorized_parties, cross-site?)
+    ("GET is never a forgery candidate", "GET", "cross-site", "https://evil.test", None, False),
+    ("nor HEAD", "HEAD", "cross-site", "https://evil.test", None, False),
+    ("nor OPTIONS", "OPTIONS", "cross-site", None, None, False),
+    ("POST from another site", "POST", "cross-site", None, None, True),
+    ("PUT from another site", "PUT", "cross-site", None, None, True),
+    ("PATCH from another site", "PATCH", "cross-site", None, None, True),
+    ("DELETE from another site", "DELETE", "cross-site", None, None, True),
+    ("same-origin", "POST", "same-origin", None, None, False),
+    ("same-site", "POST", "same-site", None, None, False),
+    ("none: typed by the user", "POST", "none", None, None, False),
+    ("Sec-Fetch-Site read without case or spaces", "POST", " Same-Origin ", None, None, False),
+    ("an unknown Sec-Fetch-Site value", "POST", "elsewhere", None, None, True),
+    (
+        "Sec-Fetch-Site wins over a foreign Origin",
+        "POST",
+        "same-origin",
+        "https://evil.test",
+        None,
+        False,
+    ),
+    ("Sec-Fetch-Site wins over our own Origin", "POST", "cross-site", OWN, None, True),
+    ("no Sec-Fetch-Site and no Origin: not a browser", "POST", None, None, None, False),
+    ("no Sec-Fetch-Site, our own Origin", "POST", None, OWN, None, False),
+    ("our own Origin with a trailing slash and spaces", "POST", None, f" {OWN}/ ", None, False),
+    ("a foreign Origin", "POST", None, "https://evil.test", None, True),
+    ("a foreign Origin, no authorized parties", "POST", None, PARTY, (), True),
+    ("an authorized party's Origin", "POST", None, PARTY, (PARTY,), False),
+    ("an authorized party's Origin with a slash", "POST", None, f"{PARTY}/", (PARTY,), False),
+    (
+        "a foreign Origin, other parties authorized",
+        "POST",
+        None,
+        "https://evil.test",
+        (PARTY,),
+        True,
+    ),
+    ("our origin with a suffix is another origin", "POST", None, f"{OWN}X", None, True),
+    ("a party's origin with a suffix too", "POST", None, f"{PARTY}X/", (PARTY,), True),
+    ("our origin as a path is not our origin", "POST", None, f"/{OWN}", None, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "method", "fetch_site", "origin", "parties", "expected"),
+    CROSS_SITE,
+    ids=[c[0] for c in CROSS_SITE],
+)
+def test_cross_site(
+    description: str,
+    method: str,
+    fetch_site: str | None,
+    origin: str | None,
+    parties: tuple[str, ...] | None,
+    expected: bool,
+) -> None:
+    assert cross_site(method, fetch_site, origin, OWN, parties) is expected, description
