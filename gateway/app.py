@@ -666,6 +666,8 @@ class Gateway:
             kept = rt.upstream_cookie(cookie)  # the handshake's cookies stay here
             if kept is not None:
                 replace_cookie(ex, kept)
+        if extra:  # a failed handshake's cookies to clear: on the upstream's response too
+            ex.response_headers = (*ex.response_headers, *extra)
         forwarding: Forwarding = located.engine
         audience = forwarding.upstream.name if forwarding.upstream is not None else ""
         identity = self._full_identity(rt, outcome, decision, audience, False)

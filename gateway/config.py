@@ -744,7 +744,8 @@ class _Reader(Reader):
         return True
 
     def identity_names_unique(self, policy: Policy) -> None:
-        names = [n.lower().replace("_", "-") for n in policy.identity_names()]
+        # folded as servers read names (X.Clerk.Role is X-Clerk-Role to CGI and WSGI)
+        names = [fold(n.encode("latin-1")).decode("latin-1") for n in policy.identity_names()]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.error("identity_headers", f"header {dup!r} is set from two sources")
         if self.mode != FORWARD_AUTH:

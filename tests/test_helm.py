@@ -802,7 +802,9 @@ def test_forward_auth_notes_give_the_ingress_nginx_annotations() -> None:
         "nginx.ingress.kubernetes.io/auth-signin-redirect-param": "redirect_url",
         "nginx.ingress.kubernetes.io/auth-response-headers": (
             "X-Clerk-User-Id,X-Clerk-Session-Id,X-Clerk-Role,X-Clerk-Org-Id,"
-            "X-Clerk-Org-Slug,X-Clerk-Org-Role,X-Clerk-Org-Permissions"
+            "X-Clerk-Org-Slug,X-Clerk-Org-Role,X-Clerk-Org-Permissions,"
+            "X-Clerk-Role-Encoding,X-Clerk-Org-Slug-Encoding,X-Clerk-Org-Role-Encoding,"
+            "X-Clerk-Org-Permissions-Encoding"
         ),
     }
     assert "allow-snippet-annotations" in text

@@ -85,6 +85,10 @@ async def test_a_stale_nonce_cookie_does_not_sign_out_a_valid_session(browser: B
     browser.set_cookie("__clerk_handshake_nonce", "already-used")
     r = await browser.once("GET", "/dashboard", NAVIGATION)
     assert r.status == 200, r.headers.get("Location")
+    # the forwarded page's response clears the stale cookie, so it is not resolved again
+    cleared = r.headers.getall("Set-Cookie", [])
+    assert "__clerk_handshake_nonce=; Path=/; Max-Age=0" in cleared
+    assert browser.cookie("__clerk_handshake_nonce") is None
 
 
 async def test_a_failed_resolution_from_a_cookie_is_no_redirect_to_the_same_url(

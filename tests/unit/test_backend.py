@@ -46,3 +46,10 @@ def test_a_429_pauses_everyone_for_its_retry_after() -> None:
     assert not budget.allows("203.0.113.7")
     clock.now += 1.5
     assert budget.allows("203.0.113.7")
+
+
+def test_an_ipv6_client_is_its_slash_64() -> None:
+    budget = Budget(Clock())
+    addresses = [f"2001:db8:1:2::{i:x}" for i in range(1, 200)]
+    assert sum(budget.allows(a) for a in addresses) == PER_CLIENT_BURST
+    assert budget.allows("2001:db8:1:3::1")  # the next /64 is another client

@@ -142,6 +142,7 @@ def test_identity_headers_take_any_claim_and_strip_every_configured_name() -> No
         ("X-Email: ''", "needs a claim path"),
         ("X-Email: 3", "must be a string"),
         ("X-User-Id: sub\n  user_id: x-user-id", "set from two sources"),
+        ("X.Clerk.Role: email", "set from two sources"),  # X-Clerk-Role to CGI and WSGI
     ],
 )
 def test_bad_identity_headers_are_errors(entry: str, message: str) -> None:
