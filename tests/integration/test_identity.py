@@ -292,6 +292,9 @@ async def test_an_assertion_replayed_after_exp_is_refused(gw: Running) -> None:
 
 async def test_assertions_are_minted_once_per_token_and_upstream(gw: Running) -> None:
     token = alice(gw)
+    # ttl_s is 2 here: one is reused until its whole-second iat + 1 s, so start just
+    # after a second begins (a second boundary mid-test would rightly mint a new one)
+    await asyncio.sleep(1 - time.time() % 1 + 0.01)
     for _ in range(5):
         await gw.get("/dashboard", token)
     assertions = {dict(r["headers"])["X-Clerk-Gateway-Assertion"] for r in gw.upstream.requests}
