@@ -643,6 +643,26 @@ class Gateway:
             outcome.identity, outcome.identity_for = identity, rt
         return identity
 
+    def _allowed(
+        self,
+        ex: Exchange,
+        rt: Runtime,
+        located: Located,
+        outcome: Outcome | Verified,
+        token_given: bool,
+        cross: bool,
+        request: Navigation | None,
+        extra: tuple[bytes, ...],
+    ) -> Decision | None:
+        """Both modes' decision: the allowed one, or None once the denial is answered."""
+        decision = self._decision(located, outcome, cross)
+        if decision.principal is not None:
+            ex.user_id = decision.principal.user_id
+        if not decision.allowed:
+            self._refuse(ex, rt, located, decision, token_given, request, extra)
+            return None
+        return decision
+
     def _decided(
         self,
         ex: Exchange,
@@ -655,11 +675,8 @@ class Gateway:
         extra: tuple[bytes, ...] = (),
     ) -> Continuation | None:
         """Proxy mode: forward an allowed request, answer a denied one."""
-        decision = self._decision(located, outcome, cross)
-        if decision.principal is not None:
-            ex.user_id = decision.principal.user_id
-        if not decision.allowed:
-            self._refuse(ex, rt, located, decision, token_given, request, extra)
+        decision = self._allowed(ex, rt, located, outcome, token_given, cross, request, extra)
+        if decision is None:
             return None
         cookie = ex.cookie
         if cookie is not None and b"__clerk_" in cookie:
@@ -688,11 +705,8 @@ class Gateway:
         extra: tuple[bytes, ...] = (),
     ) -> Continuation | None:
         """Forward-auth mode: 200 with the identity headers, or the denial."""
-        decision = self._decision(located, outcome, cross)
-        if decision.principal is not None:
-            ex.user_id = decision.principal.user_id
-        if not decision.allowed:
-            self._refuse(ex, rt, located, decision, token_given, request, extra)
+        decision = self._allowed(ex, rt, located, outcome, token_given, cross, request, extra)
+        if decision is None:
             return None
         # the assertion's audience: the app the ingress forwards to, by its host name as
         # routes match it (lower-case, no port: what the client typed must not change it)
