@@ -655,7 +655,11 @@ class Gateway:
         extra: tuple[bytes, ...],
     ) -> Decision | None:
         """Both modes' decision: the allowed one, or None once the denial is answered."""
-        decision = self._decision(located, outcome, cross)
+        last = outcome.last if outcome.__class__ is Verified and not cross else None
+        if last is not None and last[0] is located:
+            decision: Decision = last[1]  # the session asked for this target before
+        else:
+            decision = self._decision(located, outcome, cross)
         if decision.principal is not None:
             ex.user_id = decision.principal.user_id
         if not decision.allowed:
@@ -679,7 +683,7 @@ class Gateway:
         if decision is None:
             return None
         cookie = ex.cookie
-        if cookie is not None and b"__clerk_" in cookie:
+        if cookie is not None and cookie.find(b"__clerk_") >= 0:
             kept = rt.upstream_cookie(cookie)  # the handshake's cookies stay here
             if kept is not None:
                 replace_cookie(ex, kept)
@@ -729,8 +733,15 @@ class Gateway:
     ) -> bytes | None:
         """The identity block, then the user's profile headers and the signed assertion
         when configured; None when the profile must be looked up first."""
-        identity = self._identity(rt, outcome, decision)
         principal = decision.principal
+        if (
+            principal is not None  # (a pending session on a public route: none at all)
+            and outcome.__class__ is Verified
+            and outcome.identity_for is rt
+        ):
+            identity: bytes = outcome.identity  # built before
+        else:
+            identity = self._identity(rt, outcome, decision)
         profiles, signer = rt.profiles, rt.signer
         if principal is None or (profiles is None and signer is None):
             return identity

@@ -124,19 +124,19 @@ _ACTIONS_CACHED = 2048  # distinct names remembered per policy; a flood of other
 class HeaderRules:
     """The verdict on every request header name, for one policy."""
 
-    __slots__ = ("_actions", "reserved")
+    __slots__ = ("known", "reserved")
 
     def __init__(self, identity_names: Iterable[str], strip: Iterable[str] = ()) -> None:
         self.reserved = frozenset(fold(n.encode("latin-1")) for n in (*identity_names, *strip))
-        self._actions: dict[bytes, int] = {}
+        self.known: dict[bytes, int] = {}  # the verdict per name as sent
 
     def action(self, name: bytes) -> int:
         """What to do with a header named `name` (as sent): cached per name."""
-        action = self._actions.get(name)
+        action = self.known.get(name)
         if action is None:
             action = self._classify(name)
-            if len(self._actions) < _ACTIONS_CACHED:
-                self._actions[name] = action
+            if len(self.known) < _ACTIONS_CACHED:
+                self.known[name] = action
         return action
 
     def _classify(self, name: bytes) -> int:
@@ -191,9 +191,11 @@ def scan(
     ValueError for a head whose meaning depends on who reads it (duplicate Host or
     Authorization, a transfer-coding other than chunked): a 400."""
     kept = into.kept
-    action_of = rules.action
+    known = rules.known  # the verdicts so far, asked directly: a call per header costs more
     for name, value in headers:
-        action = action_of(name)
+        action = known.get(name)
+        if action is None:
+            action = rules.action(name)
         if action == KEEP:
             kept += (name, b": ", value, b"\r\n")
         elif action == DROP:
@@ -343,24 +345,32 @@ def upstream_head(
         forwarded_for, scheme, forwarded_host = client_ip, proto, into.host
     else:
         forwarded_for, scheme, forwarded_host = forwarded_lines(into, client_ip, proto)
-    parts = [into.method, b" ", target, b" HTTP/1.1\r\n"]
-    parts += into.kept
-    parts.append(
-        b"Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-        b"X-Request-Id: %s\r\ntraceparent: %s\r\n%s%s%s\r\n"
-        % (
+    tracestate = into.tracestate
+    return b"".join(
+        (
+            into.method,
+            b" ",
+            target,
+            b" HTTP/1.1\r\n",
+            *into.kept,
+            b"Host: ",
             host or into.host,
+            b"\r\nX-Forwarded-For: ",
             forwarded_for,
+            b"\r\nX-Forwarded-Proto: ",
             scheme,
+            b"\r\nX-Forwarded-Host: ",
             forwarded_host,
+            b"\r\nX-Request-Id: ",
             into.request_id,
-            traced(into),  # a request forwarded without a trace begins one
-            b"" if into.tracestate is None else b"tracestate: %s\r\n" % into.tracestate,
+            b"\r\ntraceparent: ",
+            into.traceparent or traced(into),  # one forwarded without a trace begins one
+            b"\r\n" if tracestate is None else b"\r\ntracestate: %s\r\n" % tracestate,
             identity,
             framing,
+            b"\r\n",
         )
     )
-    return b"".join(parts)
 
 
 def replace_cookie(into: RequestHeaders, value: bytes) -> None:

@@ -81,9 +81,11 @@ def path_values(
 
 
 def lookup(source: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at a dot path into parsed JSON (claims, a profile), whose objects are
+    dicts: `isinstance(x, dict)` is a type check where `Mapping` is an ABC lookup."""
     value: Any = source
     for part in path:
-        if not isinstance(value, Mapping):
+        if not isinstance(value, dict):
             return None
         value = value.get(part)
     return value

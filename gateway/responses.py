@@ -102,6 +102,9 @@ class Denial:
         return self.status == 401
 
 
+_PLAIN = {r: Denial(status_of(r), r) for r in Reason}  # answers without a Location: shared
+
+
 def is_navigation(method: str, sec_fetch_dest: str | None, accept: str | None) -> bool:
     """A browser loading a page, as opposed to an API call (a form POST included)."""
     if method not in ("GET", "HEAD"):
@@ -124,7 +127,7 @@ def denial(
         return Denial(307, reason, with_query(sign_in_url, "redirect_url", original_url))
     if navigation and reason in _FORBIDDEN_REDIRECTS:
         return Denial(307, reason, unauthorized_url)
-    return Denial(status, reason)
+    return _PLAIN[reason]
 
 
 def with_query(url: str, name: str, value: str) -> str:

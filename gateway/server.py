@@ -32,6 +32,7 @@ from gateway.settings import Address, Settings
 from gateway.shutdown import Shutdown
 
 log = logging.getLogger("clerk_gateway")
+GC_THRESHOLD = 10_000  # allocations between young-generation collections (default 700)
 
 
 @dataclass
@@ -164,6 +165,12 @@ async def run_until_stopped(
     # cyclic collector's sight, so collections on the request path stay short (p99).
     gc.collect()
     gc.freeze()
+    # A verification fills the caches with objects that live minutes (claims, principals,
+    # identity blocks): at the default threshold (700 allocations) a fresh token every
+    # request runs a collection every few requests, 7% of a cache miss's instructions
+    # (measured with callgrind). Almost nothing here forms cycles; what does (a failed
+    # task's traceback) waits for one of ten thousand allocations instead.
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
     loop = asyncio.get_running_loop()
     for signum in stop_signals:
         loop.add_signal_handler(signum, shutdown.signal)

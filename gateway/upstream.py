@@ -61,6 +61,7 @@ _HOP_NAMES = frozenset(
 
 _VERDICTS: dict[bytes, tuple[bool, bool, bool]] = {}
 _VERDICTS_KEPT = 512
+_REMEMBERED_HEAD = 4096  # a connection keeps its last head only up to this size
 
 
 def _verdict(head: bytes) -> tuple[bool, bool, bool]:
@@ -129,6 +130,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep = False  # llhttp's keep-alive verdict, read while the message is current
         self._out: list[bytes] = []
         self._sent_at = 0.0
+        self._last_head = b""  # the last response head relayed, and the verdict on it
+        self._last_verdict = (False, False, False)
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
@@ -263,19 +266,25 @@ class UpstreamConnection(asyncio.Protocol):
         One regex pass finds what matters (llhttp admits no space before a colon). The
         gateway's X-Request-Id is added. In pieces: the body's flush joins them anyway."""
         request_id = ex.request_id
-        if request_id in head:
+        if head.find(request_id) >= 0:  # (`in` on bytes costs a raised TypeError first)
             # echoed (Rails, many middlewares do): dropped here, so heads keep their shape
             head = _without_request_id(head)
-        # An upstream's heads differ mostly by their Date: the verdict on a head's shape
-        # (the head without its Date value) is remembered, and the regex runs on new ones.
-        at = head.find(b"\r\nDate: ")
-        shape = head if at < 0 else head[:at] + head[head.find(b"\r\n", at + 8) :]
-        verdict = _VERDICTS.get(shape)
-        if verdict is None:
-            verdict = _verdict(head)
-            if len(_VERDICTS) >= _VERDICTS_KEPT:
-                del _VERDICTS[next(iter(_VERDICTS))]
-            _VERDICTS[shape] = verdict
+        # An upstream's heads differ mostly by their Date: the same head as this
+        # connection's last is compared (no hashing, no copy); else the verdict on the
+        # head's shape (without its Date value) is looked up, and the regex runs on new ones.
+        if head == self._last_head:
+            verdict = self._last_verdict
+        else:
+            at = head.find(b"\r\nDate: ")
+            shape = head if at < 0 else head[:at] + head[head.find(b"\r\n", at + 8) :]
+            found = _VERDICTS.get(shape)
+            if found is None:
+                found = _verdict(head)
+                if len(_VERDICTS) >= _VERDICTS_KEPT:
+                    del _VERDICTS[next(iter(_VERDICTS))]
+                _VERDICTS[shape] = found
+            verdict = self._last_verdict = found
+            self._last_head = head if len(head) <= _REMEMBERED_HEAD else b""
         chunked, has_length, rewrite = verdict
         self._close_delimited = not (no_body or chunked or has_length)
         self._chunk_out = chunked and not no_body

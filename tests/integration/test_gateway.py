@@ -117,6 +117,16 @@ async def test_pending_sessions(gw: Running) -> None:
     assert (await gw.get("/pending-ok/x", pending)).status == 200
 
 
+async def test_a_pending_session_sends_no_identity_to_a_public_route(gw: Running) -> None:
+    """The identity block a pending session was given where the route accepts it (built
+    once, kept with the token) is not reused where the session counts as signed out."""
+    pending = gw.clerk.mint("user_pending", claims={"sts": "pending"})
+    assert (await gw.get("/pending-ok/x", pending)).status == 200
+    assert headers_seen(gw)["x-clerk-user-id"] == "user_pending"
+    assert (await gw.get("/public/page", pending)).status == 200
+    assert "x-clerk-user-id" not in headers_seen(gw)
+
+
 # ---- identity headers cannot be forged ----------------------------------------------------
 
 SPOOFS = {
