@@ -52,7 +52,7 @@ from gateway.clerk.handshake import (
     settled,
 )
 from gateway.clerk.jwks import KeyCache, KeyCacheStats
-from gateway.clerk.tokens import decode, token_from_authorization, verify_signed
+from gateway.clerk.tokens import decode, verify_signed
 from gateway.clerk.verifier import Verified
 from gateway.config import load_policy
 from gateway.decide import STATE_CHANGING, Located, Outcome, cross_site, decide
@@ -374,12 +374,7 @@ class Gateway:
                 return None
             return partial(self._webhook, ex, rt, located)
         auth = ex.authorization
-        if auth is None:
-            token = None
-        elif auth[:7] == b"Bearer ":
-            token = auth[7:].strip().decode("latin-1") or None
-        else:
-            token = token_from_authorization(auth.decode("latin-1"))
+        token = None if auth is None else rt.bearer(auth)
         cross = False
         if token is None:
             if rt.instance is not None:

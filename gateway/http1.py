@@ -322,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
         self._limits = tracker.limits
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_len = 0
+        self._room = 0  # bytes the head may still take (its limit less what has arrived)
         self._line = 0  # bytes of the unfinished line of a head (llhttp buffers it)
         self._limit_hit: Reason | None = None
         self._receiving: Exchange | None = None
@@ -419,19 +419,19 @@ class ClientConnection(asyncio.Protocol):
         end = data.rfind(b"\n")
         self._line = self._line + len(data) if end == -1 else len(data) - end - 1
         limits = self._limits
-        if (
-            self._line > limits.max_header_bytes
-            or self._line + self._head_len > limits.max_head_bytes
-        ):
+        # before any header, the unfinished line may be the request line: its URL, already
+        # taken from the room, is not counted twice
+        room = self._room if self._headers else self._room + len(self._url)
+        if self._line > limits.max_header_bytes or self._line > room:
             self._refuse(Reason.REQUEST_HEADER_TOO_LARGE)
 
     # ---- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._limits = self.tracker.limits  # a reload applies from the next request on
+        limits = self._limits = self.tracker.limits  # a reload applies from the next request on
+        self._room = limits.max_head_bytes
         self._url = b""
         self._headers = []
-        self._head_len = 0
         self._line = 0
         self._limit_hit = None
         self.phase = HEAD
@@ -439,21 +439,20 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._room -= len(url)
         if len(self._url) + 20 > self._limits.max_request_line_bytes:
             self._limit_hit = Reason.REQUEST_LINE_TOO_LONG
             raise httptools.HttpParserCallbackError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # once per header of every request: the limits as few operations as they can be
         size = len(name) + len(value) + 4
-        self._head_len += size
-        if (
-            size > self._limits.max_header_bytes
-            or self._head_len + len(self._url) > self._limits.max_head_bytes
-            or len(self._headers) >= MAX_HEADERS
-        ):
+        room = self._room = self._room - size
+        headers = self._headers
+        if size > self._limits.max_header_bytes or room < 0 or len(headers) >= MAX_HEADERS:
             self._limit_hit = Reason.REQUEST_HEADER_TOO_LARGE
             raise httptools.HttpParserCallbackError("header too large")
-        self._headers.append((name, value))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser

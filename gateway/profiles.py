@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -89,9 +90,10 @@ class Profiles:
         self.backend = backend
         self.count = count
         self.clock = clock
-        self._entries: dict[str, Entry] = {}
-        self._failed: dict[str, float] = {}
-        self._deleted: dict[str, float] = {}  # tombstones: user id -> until when
+        # oldest first out, in O(1) (see verifier.py)
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._failed: OrderedDict[str, float] = OrderedDict()
+        self._deleted: OrderedDict[str, float] = OrderedDict()  # tombstones: user id -> until when
         self._paused_until = 0.0
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,7 +160,7 @@ class Profiles:
             for stale in [u for u, until in deleted.items() if until <= now]:
                 del deleted[stale]
             if len(deleted) >= self.settings.max_users:
-                del deleted[next(iter(deleted))]
+                deleted.popitem(last=False)
         deleted[user_id] = now + self.settings.ttl_s + self.settings.max_stale_s
 
     async def close(self) -> None:
@@ -234,6 +236,6 @@ class Profiles:
             return held.block
         block = header_block(path_values(self.settings.headers, view(user)))
         if held is None and len(entries) >= self.settings.max_users:
-            del entries[next(iter(entries))]  # the oldest entry makes room
+            entries.popitem(last=False)  # the oldest entry makes room
         entries[user_id] = Entry(block, now, self.settings, updated_at)
         return block

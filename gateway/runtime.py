@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, ItemsView
 from typing import Generic, TypeVar
 
@@ -23,7 +24,7 @@ from gateway.clerk.handshake import (
     without_handshake_cookies,
 )
 from gateway.clerk.jwks import KeyCache
-from gateway.clerk.tokens import Extracted, extract
+from gateway.clerk.tokens import Extracted, extract, token_from_authorization
 from gateway.clerk.verifier import SessionVerifier
 from gateway.decide import Located, locate
 from gateway.decision import Reason
@@ -55,7 +56,7 @@ class Memo(Generic[K, V]):
     __slots__ = ("_bytes", "_entries", "get")
 
     def __init__(self) -> None:
-        self._entries: dict[K, V] = {}
+        self._entries: OrderedDict[K, V] = OrderedDict()  # the oldest goes in O(1)
         self._bytes = 0
         self.get: Callable[[K], V | None] = self._entries.get  # the hit path: one C call
 
@@ -71,8 +72,7 @@ class Memo(Generic[K, V]):
             return
         entries = self._entries
         while entries and (len(entries) >= CACHED or self._bytes + weight > CACHED_BYTES):
-            oldest = next(iter(entries))
-            del entries[oldest]
+            oldest, _ = entries.popitem(last=False)
             self._bytes -= self.weight(oldest)
         entries[key] = value
         self._bytes += weight
@@ -169,6 +169,7 @@ class Runtime:
         self._extracted: Memo[bytes, Extracted] = Memo()
         self._cookies: Memo[bytes, Cookies] = Memo()
         self._upstream_cookies: Memo[bytes, bytes] = Memo()
+        self._bearer: Memo[bytes, str] = Memo()
 
     def locate(self, method: bytes, host: bytes, url: bytes) -> Located | Reason:
         """`decide.locate`, remembered per (method, host, target)."""
@@ -188,6 +189,19 @@ class Runtime:
                 found.engine = Forwarding(found, self.policy, url, label)
             self._located.put(key, found)
         return found
+
+    def bearer(self, authorization: bytes) -> str | None:
+        """The token an Authorization header carries, remembered per header value: the
+        same string each time, whose hash the verifier's cache lookup then does not compute
+        again (a token is about a kilobyte), and no slicing, stripping or decoding."""
+        found = self._bearer.get(authorization)
+        if found is None:
+            if authorization[:7] == b"Bearer ":
+                found = authorization[7:].strip().decode("latin-1")
+            else:
+                found = token_from_authorization(authorization.decode("latin-1")) or ""
+            self._bearer.put(authorization, found)
+        return found or None
 
     def from_cookie(self, cookie: bytes) -> Extracted:
         """This instance's session cookie (Clerk's rules), remembered per Cookie header;

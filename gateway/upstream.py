@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import cast
 
@@ -59,7 +59,7 @@ _HOP_NAMES = frozenset(
 )
 
 
-_VERDICTS: dict[bytes, tuple[bool, bool, bool]] = {}
+_VERDICTS: OrderedDict[bytes, tuple[bool, bool, bool]] = OrderedDict()
 _VERDICTS_KEPT = 512
 _REMEMBERED_HEAD = 4096  # a connection keeps its last head only up to this size
 
@@ -281,7 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
             if found is None:
                 found = _verdict(head)
                 if len(_VERDICTS) >= _VERDICTS_KEPT:
-                    del _VERDICTS[next(iter(_VERDICTS))]
+                    _VERDICTS.popitem(last=False)
                 _VERDICTS[shape] = found
             verdict = self._last_verdict = found
             self._last_head = head if len(head) <= _REMEMBERED_HEAD else b""

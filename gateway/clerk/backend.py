@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,7 @@ class Budget:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._all = Bucket(ALL_BURST, ALL_RATE, clock())
-        self._clients: dict[str, Bucket] = {}
+        self._clients: OrderedDict[str, Bucket] = OrderedDict()  # oldest out in O(1)
         self._paused_until = 0.0
 
     def allows(self, client: str) -> bool:
@@ -99,7 +100,7 @@ class Budget:
         bucket = self._clients.get(client)
         if bucket is None:
             if len(self._clients) >= CLIENTS_TRACKED:  # the oldest client first
-                del self._clients[next(iter(self._clients))]
+                self._clients.popitem(last=False)
             bucket = self._clients[client] = Bucket(PER_CLIENT_BURST, PER_CLIENT_RATE, now)
         return bucket.take(now) and self._all.take(now)
 
@@ -137,7 +138,7 @@ class BackendAPI:
     def __init__(self, settings: ClerkSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._payloads: dict[str, tuple[float, list[Any] | None]] = {}
+        self._payloads: OrderedDict[str, tuple[float, list[Any] | None]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[list[Any] | None]] = {}
         self.budget = Budget()
 
@@ -185,7 +186,7 @@ class BackendAPI:
             # only failures are remembered: a payload is a session's cookies, and a nonce
             # (single use at Clerk) must not become reusable here
             if len(self._payloads) >= REMEMBERED:
-                del self._payloads[next(iter(self._payloads))]
+                self._payloads.popitem(last=False)
             self._payloads[nonce] = (now + REMEMBER_S, None)
         return result
 
