@@ -46,3 +46,30 @@ async def test_anonymous_junk_does_not_fill_the_caches_with_hundreds_of_megabyte
     cookie = "__session=abc; __client_uat=0"
     await browser.once("GET", "/public/x", {**FETCH, "Cookie": cookie})
     assert rt._cookies.get(cookie.encode()) is not None
+
+
+@pytest.mark.timeout(300)
+async def test_junk_authorization_headers_are_remembered_within_the_byte_bound(
+    browser: Browser,
+) -> None:
+    """The token each Authorization value carries is remembered per value (the verifier's
+    lookup then hashes no new kilobyte string): 5 MB of distinct junk leaves at most the
+    memo's 4 MiB of keys, and a real token is remembered again afterwards."""
+    gate = asyncio.Semaphore(32)
+
+    async def junk(i: int) -> None:
+        async with gate:
+            token = f"{i}.{secrets.token_hex(6000)}"
+            r = await browser.once("GET", "/dashboard/x", {"Authorization": f"Bearer {token}"})
+            assert r.status == 401
+
+    await asyncio.gather(*(junk(i) for i in range(420)))
+    memo = browser.gateway.runtime._bearer
+    assert 0 < memo.held_bytes <= 4 * 2**20
+    assert sum(len(k) for k, _ in memo.items()) <= 4 * 2**20
+    value = b"Bearer  abc.def.ghi "
+    assert browser.gateway.runtime.bearer(value) == "abc.def.ghi"
+    assert browser.gateway.runtime.bearer(value) is browser.gateway.runtime.bearer(value)
+    assert memo.get(value) == "abc.def.ghi"
+    assert browser.gateway.runtime.bearer(b"Basic dXNlcg==") is None
+    assert browser.gateway.runtime.bearer(b"bearer xyz") == "xyz"

@@ -11,6 +11,9 @@ import pytest
 
 from gateway.correlation import correlate
 from gateway.headers import (
+    _ACTIONS_CACHED,
+    DROP,
+    KEEP,
     HeaderRules,
     client_address,
     connection_tokens,
@@ -784,3 +787,20 @@ def test_the_upstream_head_with_identity_and_framing() -> None:
         b"Content-Length: 2\r\n"
         b"\r\n"
     )
+
+
+def test_the_verdict_per_name_is_remembered_used_and_bounded() -> None:
+    """The verdict cache: what `action` and `scan` decide by (a name's remembered verdict
+    wins over classifying it again), and bounded, so a flood of made-up names is
+    classified each time rather than remembered."""
+    rules = HeaderRules([])
+    assert rules.action(b"X-Custom") == KEEP
+    assert rules.known[b"X-Custom"] == KEEP
+    rules.known[b"X-Seeded"] = DROP  # a verdict remembered: it is the one used
+    assert rules.action(b"X-Seeded") == DROP
+    into = Request()
+    scan([(b"X-Seeded", b"v"), (b"X-Custom", b"w")], rules, False, into)
+    assert into.kept == [b"X-Custom", b": ", b"w", b"\r\n"]
+    for i in range(_ACTIONS_CACHED + 100):
+        assert rules.action(b"X-Flood-%d" % i) == KEEP
+    assert len(rules.known) == _ACTIONS_CACHED
