@@ -29,6 +29,11 @@ def version(name):
     except metadata.PackageNotFoundError:
         return None
 try:
+    import gateway.http1
+    compiled = not gateway.http1.__file__.endswith(".py")
+except ImportError:
+    compiled = None
+try:
     import uvloop
     loop = f"uvloop {uvloop.__version__}"
 except ImportError:
@@ -44,6 +49,7 @@ print(json.dumps({
     "config_args": sysconfig.get_config_var("CONFIG_ARGS"),
     "compiler_flags": flags,
     "event_loop": loop,
+    "gateway_compiled": compiled,
     "libraries": {n: version(n) for n in (
         "clerk-gateway", "httptools", "uvloop", "cryptography", "PyJWT", "aiohttp")},
 }))
@@ -54,7 +60,12 @@ def python_build(python: str) -> dict[str, Any]:
     """The build of `python` (the gateway's interpreter), or {"error": ...}."""
     try:
         out = subprocess.run(
-            [python, "-c", _ASK], capture_output=True, text=True, timeout=30, check=True
+            [python, "-c", _ASK],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            cwd="/",  # as the gateway runs: not importing the checkout it is started from
         ).stdout
         info: dict[str, Any] = json.loads(out)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
@@ -113,6 +124,7 @@ def describe(env: dict[str, Any]) -> str:
         build = (
             f"{py['implementation']} {py['version'].split()[0]} ({py['real_executable']}; "
             f"{optimized}); {py['event_loop']}; "
+            + ("request path compiled with mypyc; " if py.get("gateway_compiled") else "")
             + ", ".join(f"{k} {v}" for k, v in py["libraries"].items() if v)
         )
     machine = env["machine"]

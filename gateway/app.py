@@ -113,6 +113,7 @@ class Gateway:
         self._retired: set[BackendAPI] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._azp_warned_until = 0.0
+        self._forward_auth = False
 
     @property
     def pool(self) -> Pool:
@@ -128,7 +129,7 @@ class Gateway:
         if result.policy is None:
             raise ValueError("\n".join(str(p) for p in result.errors))
         if result.policy.mode == FORWARD_AUTH:
-            self.handle = self.handle_forward_auth  # type: ignore[method-assign]
+            self._forward_auth = True  # mypyc: a compiled class's methods are read-only
         for warning in result.warnings:
             log.warning("policy warning", extra={"problem": str(warning)})
         self._file_state = self._stat()
@@ -334,6 +335,8 @@ class Gateway:
         """Decide synchronously where no I/O is needed (every denial, cached or held-key
         verifications) and forward on a pooled connection; else return what to run in a
         task (a key fetch, a webhook body)."""
+        if self._forward_auth:
+            return self.handle_forward_auth(ex)
         rt = self._runtime
         assert rt is not None
         return self._authorize(ex, rt, rt.locate(ex.method, ex.host, ex.url), self._decided)

@@ -635,22 +635,7 @@ class ClientConnection(asyncio.Protocol):
         self.phase = TUNNEL
         client = self.transport
         assert client is not None
-        out: asyncio.Transport = client
-
-        class _Pipe(asyncio.Protocol):
-            def data_received(self, data: bytes) -> None:
-                out.write(data)
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                out.close()
-
-            def pause_writing(self) -> None:
-                out.pause_reading()
-
-            def resume_writing(self) -> None:
-                out.resume_reading()
-
-        upstream.set_protocol(_Pipe())
+        upstream.set_protocol(_Pipe(client))
         if upstream_tail:
             client.write(upstream_tail)
         if client_tail:
@@ -814,3 +799,22 @@ class ConnectionTracker:
     def drain_timeout_now(self) -> None:
         """End a drain under way: what is still open is cut."""
         self._drain_deadline = 0.0
+
+
+class _Pipe(asyncio.Protocol):
+    """A tunnel's upstream side: its bytes go to the client unparsed."""
+
+    def __init__(self, out: asyncio.Transport) -> None:
+        self.out = out
+
+    def data_received(self, data: bytes) -> None:
+        self.out.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.out.close()
+
+    def pause_writing(self) -> None:
+        self.out.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.out.resume_reading()

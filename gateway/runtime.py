@@ -61,7 +61,7 @@ class Memo(Generic[K, V]):
         self.get: Callable[[K], V | None] = self._entries.get  # the hit path: one C call
 
     @staticmethod
-    def weight(key: K) -> int:
+    def weight(key: bytes | tuple[bytes, bytes, bytes]) -> int:
         if isinstance(key, bytes):
             return len(key) + 64
         return len(key[0]) + len(key[1]) + len(key[2]) + 64
