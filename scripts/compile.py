@@ -1,8 +1,10 @@
 """Build the request-path modules with mypyc into build/compiled (an experiment, opt-in).
 
-    .venv/bin/python scripts/compile.py            # about 75 s; needs a C compiler
-    PYTHONPATH=build/compiled make bench           # the bench, with the compiled modules
-    PYTHONPATH=build/compiled .venv/bin/pytest tests/unit
+    .venv/bin/python scripts/compile.py             # about 75 s; needs a C compiler
+    PYTHONPATH=$PWD/build/compiled make bench       # the bench, with the compiled modules
+
+(The path absolute: the gateway runs from other directories, and from the checkout's own
+directory Python finds the sources first.)
 
 mypyc turns the type-annotated modules (the project is `mypy --strict` clean) into C
 extensions: measured with `bench/pathcost.py --callgrind`, 41-54% fewer instructions per
