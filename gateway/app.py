@@ -604,16 +604,13 @@ class Gateway:
     def _decision(
         self, located: Located, outcome: Outcome | Verified, cross: bool = False
     ) -> Decision:
+        """The decision when the session has none remembered for this target (`_allowed`
+        asks its memo first)."""
         if outcome.__class__ is Verified and not cross:
             assert isinstance(outcome, Verified)
             # a session asks for the same target again and again: its decision is remembered
-            last = outcome.last
-            decision: Decision
-            if last is not None and last[0] is located:
-                decision = last[1]
-            else:
-                decision = decide(located, outcome.principal)
-                outcome.last = (located, decision)
+            decision = decide(located, outcome.principal)
+            outcome.last = (located, decision)
             return decision
         if isinstance(outcome, Verified):
             return decide(located, outcome.principal, cross_site=cross)
@@ -628,17 +625,16 @@ class Gateway:
         return decide(located, outcome, cross_site=cross)
 
     def _identity(self, rt: Runtime, outcome: Outcome | Verified, decision: Decision) -> bytes:
-        """The identity header block for an allowed decision, built once per token."""
+        """The identity header block for an allowed decision when the token has none for
+        this policy yet (`_full_identity` asks its memo first): built once per token."""
         principal = decision.principal
         if principal is None:
             return b""
         assert isinstance(outcome, Verified)
-        identity: bytes | None = outcome.identity
-        if identity is None or outcome.identity_for is not rt:
-            identity = header_block(
-                identity_values(principal, outcome.claims, rt.policy.identity_headers)
-            )
-            outcome.identity, outcome.identity_for = identity, rt
+        identity = header_block(
+            identity_values(principal, outcome.claims, rt.policy.identity_headers)
+        )
+        outcome.identity, outcome.identity_for = identity, rt
         return identity
 
     def _allowed(
