@@ -204,10 +204,15 @@ def under_callgrind(mode: str, count: int) -> int:
             text=True,
             check=True,
         )
-    for line in run.stderr.splitlines():
-        if "Collected :" in line:
-            return int(line.rsplit(":", 1)[1].strip().replace(",", "")) // count
-    raise SystemExit("callgrind reported no count:\n" + run.stderr[-2000:])
+    # one line per process: minting many tokens forks helpers, which count nothing
+    counts = [
+        int(line.rsplit(":", 1)[1].strip().replace(",", ""))
+        for line in run.stderr.splitlines()
+        if "Collected :" in line
+    ]
+    if not counts or max(counts) == 0:
+        raise SystemExit("callgrind reported no count:\n" + run.stderr[-2000:])
+    return max(counts) // count
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, build
 from gateway.config import load_policy
 from gateway.model import MODES
 from gateway.settings import Settings, config_path, parse_address
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="clerk-gateway", description="Clerk authentication in front of any HTTP service."
     )
     parser.add_argument(
-        "--version", action="version", version=f"clerk-gateway {__version__} (Python {_python()})"
+        "--version",
+        action="version",
+        version=f"clerk-gateway {__version__} (Python {_python()}, {_build()})",
     )
     sub = parser.add_subparsers(dest="command")
 
@@ -258,6 +260,11 @@ def _reload(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _python() -> str:
     return platform.python_version()
+
+
+def _build() -> str:
+    kind = build()
+    return "request path compiled" if kind == "compiled" else "pure Python"
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

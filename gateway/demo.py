@@ -35,7 +35,18 @@ from gateway.server import Listeners, start
 from gateway.settings import Address
 
 HOST = "127.0.0.1"
-ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkout() -> Path:
+    """The source checkout the demo takes its sample app and policy from: the one this
+    package is installed from in editable mode (`make demo`), else the working directory
+    (an installed wheel, run inside a checkout)."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "examples" / "posts_app.py").exists():
+            return root
+    raise SystemExit(
+        "the demo needs a source checkout: run it from one (examples/posts_app.py not found)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +65,7 @@ def free_port() -> int:
 
 
 def _load_posts_app() -> ModuleType:
-    path = ROOT / "examples" / "posts_app.py"
-    if not path.exists():
-        raise SystemExit("the demo needs a source checkout (examples/posts_app.py not found)")
+    path = checkout() / "examples" / "posts_app.py"
     spec = importlib.util.spec_from_file_location("clerk_gateway_demo_posts", path)
     assert spec is not None
     assert spec.loader is not None
@@ -109,7 +118,7 @@ async def launch(ports: Ports, *, data_dir: str, config: str | None = None) -> D
         "CLERK_PROXY_URL": frontend,
         "SIGN_IN_URL": f"{frontend}/sign-in",
     }
-    gateway = Gateway(config or str(ROOT / "config" / "routes.yaml"), env=env)
+    gateway = Gateway(config or str(checkout() / "config" / "routes.yaml"), env=env)
     gateway.access_log.enabled = False  # keep the walkthrough and the curl lines readable
     listeners = await start(gateway, Address(HOST, ports.gateway), Address(HOST, ports.admin))
     assert gateway.keys is not None

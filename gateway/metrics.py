@@ -32,7 +32,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway import __version__
+from gateway import __version__, build
 from gateway.clerk.jwks import KeyCacheStats
 
 REQUEST_BUCKETS = (
@@ -172,6 +172,7 @@ class _Collector(Collector):
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
+        self.build = build()
 
     def collect(self) -> Iterable[Metric]:
         m = self.m
@@ -226,13 +227,13 @@ class _Collector(Collector):
         )
         info.add_metric([m.policy_digest], 1)
         yield info
-        build = GaugeMetricFamily(
+        info = GaugeMetricFamily(
             "clerk_gateway_build_info",
-            "The gateway's version and Python.",
-            labels=["version", "python"],
+            "The gateway's version, Python, and whether its request path is compiled.",
+            labels=["version", "python", "build"],
         )
-        build.add_metric([__version__, platform.python_version()], 1)
-        yield build
+        info.add_metric([__version__, platform.python_version(), self.build], 1)
+        yield info
         yield _counter(
             "clerk_gateway_webhooks",
             "Webhook deliveries by outcome and event type.",

@@ -22,6 +22,7 @@ from multiprocessing.sharedctypes import Synchronized
 
 from aiohttp import web
 
+from gateway import build
 from gateway.app import Gateway
 from gateway.assertion import GENERATED_KEY_ENV, write_generated_key
 from gateway.health import admin_app
@@ -182,6 +183,8 @@ async def run_until_stopped(
             "admin": str(listeners.admin_address),
             "policy": gateway.runtime.policy.digest,
             "pid": os.getpid(),
+            "build": build(),
+            "loop": type(loop).__module__.split(".")[0],
         },
     )
     await shutdown.until(1)

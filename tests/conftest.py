@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import gateway
 from gateway.devclerk import DevClerk, SigningKey, new_rsa_key
 
 if TYPE_CHECKING:  # the scrape needs the integration harness: imported only when used
     from tests.scrape import Scrape
 
 _POOL: list[rsa.RSAPrivateKey] = []
+# `make test` runs the suite on the sources (python) and on the installed wheel (compiled),
+# and says which; a run that would silently test the other build stops before any test.
+BUILD_ENV = "CLERK_GATEWAY_TEST_BUILD"
+
+
+# Slow checks of packaging (wheels built from scratch) run once, in the compiled pass.
+packaging_pass = pytest.mark.skipif(
+    os.environ.get(BUILD_ENV) == "python",
+    reason="packaging (building wheels) is checked in make test's compiled pass",
+)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"clerk-gateway: {gateway.build()} build, from {os.path.dirname(gateway.__file__)}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    wanted = os.environ.get(BUILD_ENV)
+    if wanted and wanted != gateway.build():
+        raise pytest.UsageError(
+            f"{BUILD_ENV}={wanted}, but the gateway imported from "
+            f"{os.path.dirname(gateway.__file__)} is the {gateway.build()} build"
+        )
 
 
 def rsa_keys(n: int) -> list[rsa.RSAPrivateKey]:

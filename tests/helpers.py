@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
+
+# The gateway's CLI as a user runs it: the *installed* package. -P keeps the working
+# directory (often the checkout) off sys.path, so that a test run against the compiled
+# wheel (`make test`'s second pass) runs the compiled modules, not the sources beside it.
+GATEWAY_CLI = (sys.executable, "-P", "-m", "gateway")
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:

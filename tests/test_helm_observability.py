@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import gateway
 from gateway.decision import Reason
 from tests.scrape import Scrape
 from tests.test_helm import CHART, Doc, kinds, named, render, values
@@ -263,7 +264,9 @@ def test_the_scrape_has_what_an_operator_expects_and_no_created_series(
     """Issue 15's list, read from the real scrape the checks above run against."""
     series = metrics_scrape.series
     assert "_created" not in metrics_scrape.text  # no family carries a creation timestamp
-    assert series["clerk_gateway_build_info"] == {"version", "python"}
+    assert series["clerk_gateway_build_info"] == {"version", "python", "build"}
+    # which build a pod runs (compiled or the pure fallback) is visible from the scrape
+    assert f'build="{gateway.build()}"' in metrics_scrape.text
     assert series["clerk_gateway_policy_info"] == {"digest"}
     assert "clerk_gateway_policy_last_reload_success_timestamp_seconds" in series
     assert "clerk_gateway_upstream_duration_seconds" in metrics_scrape.histograms

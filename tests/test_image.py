@@ -23,9 +23,14 @@ import pytest
 
 from gateway.demo import free_port
 from gateway.devclerk import DevClerk
+from tests.conftest import packaging_pass
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+DOCKERIGNORE = (ROOT / ".dockerignore").read_text()
+
+
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
 
 
 def instruction(name: str) -> list[str]:
@@ -46,8 +51,24 @@ def test_dockerfile_shape() -> None:
     ]
     assert instruction("EXPOSE") == ["8080 9090"]
     assert "org.opencontainers.image.title" in DOCKERFILE
-    ignore = (ROOT / ".dockerignore").read_text()
-    assert ignore.splitlines()[1] == "*"  # everything excluded unless listed
+    rules = [line for line in DOCKERIGNORE.splitlines() if not line.startswith("#")]
+    assert rules[0] == "*"  # everything excluded unless listed
+
+
+def context_sources() -> list[str]:
+    """What the build stage copies from the build context (not `COPY --from=...`)."""
+    sources = []
+    for copy in instruction("COPY"):
+        if not copy.startswith("--from"):
+            sources += shlex.split(copy)[:-1]
+    return sources
+
+
+def test_the_build_context_lets_through_what_the_image_copies() -> None:
+    allowed = {line.removeprefix("!").rstrip("/") for line in DOCKERIGNORE.splitlines()}
+    copied = ["pyproject.toml", "setup.py", "README.md", "gateway", "config/routes.yaml"]
+    assert context_sources() == copied
+    assert set(context_sources()) <= allowed
 
 
 def test_hadolint() -> None:
@@ -60,24 +81,52 @@ def test_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@packaging_pass
+@pytest.mark.timeout(900)  # a wheel compiled with mypyc: about 90 s here
 def test_image_steps_in_a_clean_virtualenv(tmp_path: Path, devclerk: DevClerk) -> None:
-    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
+    wheels, venv, context = tmp_path / "wheels", tmp_path / "venv", tmp_path / "src"
     build = next(r for r in instruction("RUN") if "pip wheel" in r)
     install = next(r for r in instruction("RUN") if "pip install" in r).split("&&")[0]
     version = re.search(r"ARG VERSION=(\S+)", DOCKERFILE).group(1)  # type: ignore[union-attr]
+    # the build stage sees only what it copies
+    for source in context_sources():
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, context / source, ignore=IGNORED)
+        else:
+            (context / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, context / source)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip"]
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     build_args = shlex.split(build.replace("/wheels", str(wheels)))
+    while "=" in build_args[0]:  # the step's environment (CLERK_GATEWAY_COMPILE=require)
+        name, value = build_args.pop(0).split("=", 1)
+        env[name] = value
     assert build_args[:2] == ["pip", "wheel"]
-    subprocess.run(
-        [*pip, *build_args[1:]], cwd=ROOT, check=True, timeout=600, env=env, capture_output=True
+    built = subprocess.run(
+        [*pip, *build_args[1:]],
+        cwd=context,
+        timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     install_args = shlex.split(
         install.replace("/wheels", str(wheels)).replace("${VERSION}", version)
     )
     assert "--no-index" in install_args
     subprocess.run([*pip, *install_args[1:]], check=True, timeout=600, env=env, capture_output=True)
+    # what the image runs: the request path compiled
+    said = subprocess.run(
+        [str(venv / "bin" / "clerk-gateway"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert said.stdout.endswith(", request path compiled)\n"), said.stdout + said.stderr
     # The image's exact command, its config path mapped to this checkout's copy.
     command = json.loads(instruction("ENTRYPOINT")[0]) + json.loads(instruction("CMD")[0])
     config = tmp_path / "routes.yaml"

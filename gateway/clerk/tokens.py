@@ -324,9 +324,10 @@ def _use_suffixed(
 _ISSUER_SCHEME = re.compile(r"https?://", re.IGNORECASE)
 
 
-def _iat(claims: Mapping[str, Any] | None) -> float:
+def _iat(claims: Mapping[str, Any] | None) -> int | float:
     """An unverified `iat` to compare (never converted: a planted cookie's 10**400 is an
-    int no float can hold, and Python compares it exactly as it is)."""
+    int no float can hold, and Python compares it exactly as it is). `int | float`, not
+    `float`: compiled, a `float` is a C double, and that int would not fit in one."""
     iat = claims.get("iat") if claims is not None else None
     return iat if _number(iat) else 0.0
 

@@ -78,13 +78,15 @@ class Verified:
         principal: Principal,
         claims: Mapping[str, Any],
         kid: str | None,
-        expires_ms: float,
+        expires_ms: int | float,
         generation: int,
     ) -> None:
         self.principal = principal
         self.claims = claims
         self.kid = kid
-        self.expires_ms = expires_ms  # the instant (ms) from which the token counts as expired
+        # the instant (ms) from which the token counts as expired; `int | float`, not
+        # `float`: compiled, a float is a C double, and a signed exp of 10**400 fits in none
+        self.expires_ms = expires_ms
         self.generation = generation
         self.identity: Any = None  # filled by the application on first use...
         self.identity_for: Any = None  # ...for the policy it was built with

@@ -33,6 +33,18 @@ async def test_a_session_cookie_with_a_huge_iat_is_no_internal_error(gw: Running
     assert r.status != 500
 
 
+@pytest.mark.parametrize("exp", [10**400, 1e308])
+async def test_a_signed_token_that_never_expires_is_no_internal_error(
+    gw: Running, exp: float
+) -> None:
+    # exp * 1000 is an int no float can hold, or infinity: both are "later than now", and
+    # the compiled build must carry them as Python does (a C double cannot hold 10**403)
+    token = gw.clerk.mint("user_2forever", claims={"exp": exp})
+    for _ in range(2):  # verified, then from the cache
+        r = await gw.get("/dashboard", token)
+        assert r.status == 200
+
+
 async def test_a_role_outside_ascii_does_not_drop_every_role(gw: Running) -> None:
     # contract: "A claim value with a control character is never sent"; a printable
     # non-ASCII role drops the whole X-Clerk-Role header (and the ASCII roles with it)

@@ -425,14 +425,17 @@ async def test_a_failure_inside_the_gateway_is_a_logged_counted_500(
     async def broken_async(*_args: object) -> object:
         raise RuntimeError("a bug")
 
-    verifier = gw.gateway.runtime.verifier
-    if where == "synchronous":
-        monkeypatch.setattr(verifier, "cached", broken)
-    else:  # as if the token named a key still to be fetched: the task path
-        monkeypatch.setattr(verifier, "cached", lambda _token: None)
-        monkeypatch.setattr(verifier, "verify_now", lambda _token: None)
-        monkeypatch.setattr(verifier, "verify", broken_async)
-    r = await gw.get("/api/x", gw.clerk.mint("user_1"))
+    # The bug is planted in the key cache, which stays Python in the compiled build (a
+    # compiled class's methods cannot be replaced), on the path each case takes.
+    keys = gw.gateway.runtime.verifier.keys
+    token = gw.clerk.mint("user_1")
+    if where == "synchronous":  # verification with the keys held
+        monkeypatch.setattr(keys, "keyset", broken)
+    else:  # the token names a key still to be fetched: the task path
+        token = gw.clerk.mint("user_1", headers={"kid": "ins_not_fetched_yet"})
+        monkeypatch.setattr(keys, "may_fetch", lambda _kid: True)
+        monkeypatch.setattr(keys, "resolve", broken_async)
+    r = await gw.get("/api/x", token)
     assert (r.status, await r.json()) == (500, {"error": "internal", "reason": "internal-error"})
     assert r.headers["Connection"] == "close"
     (record,) = [rec for rec in caplog.records if rec.exc_info and "a bug" in str(rec.exc_info[1])]

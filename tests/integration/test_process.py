@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.demo import free_port
 from gateway.devclerk import DevClerk
+from tests.helpers import GATEWAY_CLI
 from tests.integration.conftest import LOOPBACK, Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +75,11 @@ async def run_gateway(
         "routes:\n  - {path: /public/**, access: public}\n"
     )
     return await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "gateway", "run", "--config", str(policy), *extra),
+        *GATEWAY_CLI,
+        "run",
+        "--config",
+        str(policy),
+        *extra,
         *("--listen", f"{LOOPBACK}:{port}", "--admin-listen", f"{LOOPBACK}:{admin}"),
         cwd=ROOT,
         env={**os.environ, "CLERK_JWT_KEY": clerk.signer.public_pem()},
@@ -126,7 +130,11 @@ async def refused_start(
     path.write_text(policy)
     listen = listen or ("--listen", f"{LOOPBACK}:0", "--admin-listen", f"{LOOPBACK}:0")
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "gateway", "run", "--config", str(path), *listen),
+        *GATEWAY_CLI,
+        "run",
+        "--config",
+        str(path),
+        *listen,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -178,9 +186,7 @@ async def test_run_says_which_port_is_taken(tmp_path: Path, devclerk: DevClerk) 
 
 async def test_demo_walkthrough_passes() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+        *GATEWAY_CLI,
         "demo",
         "--port",
         "0",
@@ -290,7 +296,10 @@ async def test_reload_command_reloads_a_running_gateway(
     try:
         await wait_http(f"http://{LOOPBACK}:{admin}/readyz")
         reload = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "gateway", "reload", "--pid", str(proc.pid)),
+            *GATEWAY_CLI,
+            "reload",
+            "--pid",
+            str(proc.pid),
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
         )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jwt
 import pytest
 
+import gateway
 from gateway.devclerk import DevClerk
+from tests.helpers import GATEWAY_CLI
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
@@ -20,7 +21,7 @@ ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [*GATEWAY_CLI, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -59,7 +60,10 @@ def test_check_says_which_variable_run_will_refuse() -> None:
 def test_version() -> None:
     result = cli("--version")
     assert result.returncode == 0
-    assert re.fullmatch(r"clerk-gateway \d+\.\d+\.\d+ \(Python 3\.\d+\.\d+\)\n", result.stdout)
+    assert re.fullmatch(r"clerk-gateway \d+\.\d+\.\d+ \(Python 3\.\d+\.\d+, .+\)\n", result.stdout)
+    # the CLI runs the same installed build as this test process (sources or the wheel)
+    said = {"python": "pure Python", "compiled": "request path compiled"}[gateway.build()]
+    assert result.stdout.endswith(f", {said})\n")
 
 
 def test_run_takes_the_shutdown_delay_from_its_flag_or_the_environment(
