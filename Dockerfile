@@ -5,7 +5,7 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 # ---- build: wheels for the gateway and every dependency -------------------------------
 FROM ${PYTHON_IMAGE} AS build
 # A C compiler for mypyc, which builds the request path as C extensions (setup.py; about
-# 45% less CPU per request). Only this stage has it. Debian's security updates move these
+# 45% less CPU in the Python part of a request). Only this stage has it. Debian's security updates move these
 # versions, so they are not pinned: the base image is.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -13,6 +13,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
+COPY buildsystem ./buildsystem
 COPY gateway ./gateway
 # require: an image whose compile failed is not built at all (never a quiet pure fallback)
 RUN CLERK_GATEWAY_COMPILE=require pip wheel --no-cache-dir --wheel-dir /wheels .

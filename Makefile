@@ -10,7 +10,9 @@ CVENV  ?= .venv-compiled
 CBIN   := $(CVENV)/bin
 CSTAMP := $(CVENV)/.installed-stamp
 WHEELS := build/wheel
-SOURCES := $(shell find gateway -name '*.py') setup.py pyproject.toml
+# the sources, and their directories (whose times change when a module is added or deleted)
+SOURCES := $(shell find gateway buildsystem -name '*.py' -o -type d -not -name __pycache__) \
+	setup.py pyproject.toml
 
 .PHONY: test demo lint format bench mutation clean
 

@@ -4,57 +4,37 @@ Everything else about the package is in pyproject.toml. This file exists for one
 taken when a wheel is built (`pip install .`, `pip wheel .`, the image's build stage):
 
 - CLERK_GATEWAY_COMPILE=auto (the default): compile the request-path modules with mypyc
-  (about 45% less CPU per request, docs/performance.md); with no C compiler, or if mypyc
-  fails, say so loudly and build the same package as pure Python.
+  (about 45% less CPU in the Python part of a request, docs/performance.md); with no C
+  compiler, or if mypyc fails, warn and build the same package as pure Python. pip shows a
+  build's warnings only with `-v`; `clerk-gateway --version` says which build installed.
 - CLERK_GATEWAY_COMPILE=require: compile or fail the build (CI and the image use this, so a
   broken compile never passes quietly as the pure fallback).
 - CLERK_GATEWAY_COMPILE=no: pure Python.
 
 Editable installs (`pip install -e .`, what `make` gives developers) are always pure: a
 compiled module beside its source would shadow every later edit of the `.py`.
-`clerk-gateway version` says which build is running.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
-from setuptools.command.build_ext import build_ext
+# the modes and the module list live with the build backend (buildsystem/);
+# checked first, so that a mode not understood stops any build, setuptools or not
+sys.path.insert(0, str(Path(__file__).resolve().parent / "buildsystem"))
+from compile_settings import COMPILED, compiling, mode
 
-# The modules every request runs through, and token verification on a cache miss. The
-# rest (configuration, the CLI, the Clerk stand-in, key fetching) stays Python.
-COMPILED = (
-    "http1",
-    "headers",
-    "upstream",
-    "accesslog",
-    "correlation",
-    "metrics",
-    "runtime",
-    "app",
-    "decide",
-    "decision",
-    "responses",
-    "identity",
-    "clerk/tokens",
-    "clerk/claims",
-    "clerk/verifier",
-)
-MODES = ("auto", "require", "no")
+WANTED = mode()
+
+from setuptools import setup  # noqa: E402
+from setuptools.command.build_ext import build_ext  # noqa: E402
+
 # setup.py commands that build a wheel or install from this tree (not metadata, not the
 # editable wheel)
 BUILDS = {"bdist_wheel", "build", "build_ext", "install"}
-
-
-def mode() -> str:
-    value = os.environ.get("CLERK_GATEWAY_COMPILE", "auto").strip().lower() or "auto"
-    if value not in MODES:
-        sys.exit(f"CLERK_GATEWAY_COMPILE={value!r}: expected one of {', '.join(MODES)}")
-    return value
 
 
 def warn(message: str) -> None:
@@ -62,10 +42,21 @@ def warn(message: str) -> None:
     print(f"\nclerk-gateway: WARNING: {message}\n", file=sys.stderr, flush=True)
 
 
+def forget_earlier_builds() -> None:
+    """setuptools builds in ./build and packs whatever build/lib.* holds: a module deleted
+    or no longer compiled since the last build would ship again (a stale `.so` even loads
+    in place of its `.py`). Every wheel starts from nothing; mypyc rewrites its C anyway."""
+    for stale in Path("build").glob("lib.*"):
+        shutil.rmtree(stale)
+    for stale in Path("build").glob("bdist.*"):
+        shutil.rmtree(stale)
+
+
 def extensions(wanted: str) -> list[Any]:
-    if wanted == "no" or not BUILDS.intersection(sys.argv[1:]):
+    if not BUILDS.intersection(sys.argv[1:]):
         return []
-    if sys.implementation.name != "cpython":
+    forget_earlier_builds()
+    if not compiling():
         if wanted == "require":
             sys.exit("CLERK_GATEWAY_COMPILE=require: mypyc needs CPython")
         return []
@@ -93,13 +84,17 @@ class BuildOrFallBack(build_ext):
         try:
             super().run()
         except Exception as failure:
-            if mode() == "require" or not self.extensions:
+            if WANTED == "require" or not self.extensions:
                 raise
-            for output in self.get_outputs():
-                Path(output).unlink(missing_ok=True)
+            for built in Path(self.build_lib).rglob("*.so"):
+                built.unlink()
             warn(f"no working C compiler ({failure}); building pure Python instead")
             self.extensions = []
             self.distribution.ext_modules = []
+            # and the wheel says so: py3-none-any, not tagged for a platform it has no code for
+            wheel = self.distribution.get_command_obj("bdist_wheel", create=False)
+            if wheel is not None:
+                wheel.root_is_pure = True
 
 
-setup(ext_modules=extensions(mode()), cmdclass={"build_ext": BuildOrFallBack})
+setup(ext_modules=extensions(WANTED), cmdclass={"build_ext": BuildOrFallBack})

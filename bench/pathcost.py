@@ -4,6 +4,9 @@ run it).
     .venv/bin/python bench/pathcost.py [header|cookie|none|public|fresh] [--bytecodes]
     .venv/bin/python bench/pathcost.py header --callgrind     # needs valgrind
 
+The gateway measured is the one installed for that Python: `.venv` runs the sources
+(pure Python; --bytecodes needs them), `.venv-compiled` the compiled wheel.
+
 The gateway's real request path (listener, application, upstream pool) driven in one
 process: a client connection and a pooled upstream connection whose transports only
 record what is written, fed a request and the upstream's response in turn. What remains

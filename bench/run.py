@@ -1,7 +1,11 @@
 """Load benchmark: clerk-gateway beside the bench probe, nginx proxy_pass and the bare
 upstream, all measured in the same run.
 
-    make bench            # or: .venv/bin/python bench/run.py [--duration 5] [--repeats 3]
+    make bench            # or: .venv-compiled/bin/python bench/run.py [--duration 5] [--repeats 3]
+
+The gateway measured is the one installed for the Python running this script: `make
+bench` runs it from .venv-compiled (the wheel `pip install .` builds, request path
+compiled); `make bench BENCH_VENV=.venv` measures the sources (pure Python).
 
 Loopback only, every run bounded in time, every server stopped (also on Ctrl-C or
 SIGTERM). Installs `nginx` and `wrk` from apt when they are missing (root). Prints (and
@@ -103,13 +107,14 @@ PROBE_WHY_NOT = {
 
 
 def gateway_python() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
+    """The interpreter running this script: its environment's gateway is the one measured."""
+    return sys.executable
 
 
 def gateway_command() -> list[str]:
-    script = ROOT / ".venv" / "bin" / "clerk-gateway"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+    script = Path(sys.executable).parent / "clerk-gateway"
+    # -P: never the checkout's sources by way of the working directory
+    return [str(script)] if script.exists() else [sys.executable, "-P", "-m", "gateway"]
 
 
 def forward_auth_support() -> str | None:

@@ -97,12 +97,15 @@ def encode(value: Any) -> tuple[str, bool] | None:
     A string as it is when printable ASCII (and not padded with spaces a parser would
     trim); a number or boolean as JSON; a list of strings (or numbers) joined with `,`;
     anything else (an object, null, an empty string or list) sends no header."""
-    if isinstance(value, bool | int | float):
-        return json.dumps(value), False
-    if isinstance(value, list):
-        if not value or not all(isinstance(v, str | int | float) for v in value):
-            return None
-        value = ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
+    try:
+        if isinstance(value, bool | int | float):
+            return json.dumps(value), False
+        if isinstance(value, list):
+            if not value or not all(isinstance(v, str | int | float) for v in value):
+                return None
+            value = ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
+    except ValueError:  # an int of more digits than Python writes (4,300): no header
+        return None
     if not isinstance(value, str) or not value:
         return None
     if value.isascii() and value.isprintable() and value == value.strip():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,9 +20,11 @@ if TYPE_CHECKING:  # the scrape needs the integration harness: imported only whe
 
 _POOL: list[rsa.RSAPrivateKey] = []
 # `make test` runs the suite on the sources (python) and on the installed wheel (compiled),
-# and says which; a run that would silently test the other build stops before any test.
+# and says which; a run that would silently test another build (or a half-compiled one,
+# or one with a stale compiled module) stops before any test.
 BUILD_ENV = "CLERK_GATEWAY_TEST_BUILD"
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "buildsystem"))
+from compile_settings import COMPILED  # noqa: E402
 
 # Slow checks of packaging (wheels built from scratch) run once, in the compiled pass.
 packaging_pass = pytest.mark.skipif(
@@ -35,10 +39,15 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     wanted = os.environ.get(BUILD_ENV)
-    if wanted and wanted != gateway.build():
+    if not wanted:
+        return
+    package = Path(gateway.__file__).parent
+    compiled = sorted(str(p.relative_to(package)).split(".", 1)[0] for p in package.rglob("*.so"))
+    expected = sorted(COMPILED) if wanted == "compiled" else []
+    if wanted != gateway.build() or compiled != expected:
         raise pytest.UsageError(
-            f"{BUILD_ENV}={wanted}, but the gateway imported from "
-            f"{os.path.dirname(gateway.__file__)} is the {gateway.build()} build"
+            f"{BUILD_ENV}={wanted}, but the gateway imported from {package} is the "
+            f"{gateway.build()} build with compiled modules {compiled} (expected {expected})"
         )
 
 

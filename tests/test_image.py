@@ -66,7 +66,8 @@ def context_sources() -> list[str]:
 
 def test_the_build_context_lets_through_what_the_image_copies() -> None:
     allowed = {line.removeprefix("!").rstrip("/") for line in DOCKERIGNORE.splitlines()}
-    copied = ["pyproject.toml", "setup.py", "README.md", "gateway", "config/routes.yaml"]
+    copied = ["pyproject.toml", "setup.py", "README.md", "buildsystem", "gateway"]
+    copied.append("config/routes.yaml")
     assert context_sources() == copied
     assert set(context_sources()) <= allowed
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -164,11 +165,11 @@ def check_signature(decoded: Decoded, key: VerifyKey) -> Reason | None:
     return None
 
 
-_NUMBERS = (int, float)  # a tuple: `int | float` builds a union object on every call
-
-
 def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, _NUMBERS) and value.__class__ is not bool
+    """A JSON number as a time: not a boolean, and not NaN or an infinity, which Python's
+    json reads (a NaN `exp` compares false with every instant: it would never expire)."""
+    kind = value.__class__
+    return kind is int or (kind is float and math.isfinite(value))
 
 
 def check_claims(claims: Mapping[str, Any], now_ms: float, options: VerifyOptions) -> Reason | None:

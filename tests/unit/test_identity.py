@@ -43,6 +43,9 @@ from gateway.profiles import view
         (None, None),
         ({"a": 1}, None),
         ([{"a": 1}], None),
+        # more digits than Python will write (4,300): no header, never a 500
+        pytest.param(10**5000, None, id="int-of-5001-digits"),
+        pytest.param([1, 10**5000], None, id="list-with-int-of-5001-digits"),
     ],
 )
 def test_a_value_on_the_wire(value: Any, expected: tuple[str, bool] | None) -> None:

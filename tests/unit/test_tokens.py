@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 import jwt
@@ -107,6 +108,12 @@ VECTORS = [
         Reason.TOKEN_VERIFICATION_FAILED,
     ),
     ("exp a boolean fails", {"claims": {"exp": True}}, None, Reason.TOKEN_VERIFICATION_FAILED),
+    # Python's json reads NaN and Infinity: a NaN exp compares false with every instant
+    # and would never expire
+    ("exp NaN fails", {"claims": {"exp": math.nan}}, None, Reason.TOKEN_VERIFICATION_FAILED),
+    ("exp Infinity fails", {"claims": {"exp": math.inf}}, None, Reason.TOKEN_VERIFICATION_FAILED),
+    ("nbf NaN fails", {"claims": {"nbf": math.nan}}, None, Reason.TOKEN_VERIFICATION_FAILED),
+    ("iat -Infinity fails", {"claims": {"iat": -math.inf}}, None, Reason.TOKEN_VERIFICATION_FAILED),
     ("sub missing fails", {"claims": {"sub": None}}, None, Reason.TOKEN_VERIFICATION_FAILED),
     ("sub a number fails", {"claims": {"sub": 42}}, None, Reason.TOKEN_VERIFICATION_FAILED),
     (
